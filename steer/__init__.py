@@ -1,0 +1,3 @@
+"""steer: steering vectors, computed from contrastive data and injected at inference (issue 4; not built yet)."""
+
+__all__: list[str] = []
