@@ -108,3 +108,15 @@ def hook_kind(name: str) -> str:
             if template.format(layer) == name:
                 return short
     return name
+
+
+def count_hooks(model: "TransformerBridge") -> int:
+    """Every torch forward/backward (pre-)hook on any module of ``model``, the HF model included.
+
+    A public function must leave this number as it found it. (transformer-lens installs a few
+    internal hooks during a model's first forward pass: compare counts taken after one.)"""
+    total = 0
+    for module in model.modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            total += len(getattr(module, attr, {}))
+    return total

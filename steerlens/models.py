@@ -50,8 +50,8 @@ def load_model(
     """
     from transformer_lens.model_bridge import TransformerBridge
 
-    checkpoint = resolve_checkpoint(spec)
     torch_dtype = _resolve_dtype(dtype)
+    checkpoint = resolve_checkpoint(spec)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = TransformerBridge.boot_transformers(str(checkpoint), device=device, dtype=torch_dtype)
     model.eval()
