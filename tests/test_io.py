@@ -29,3 +29,12 @@ def test_tensors_with_metadata(tmp_path):
     save_tensors(tmp_path / "t.safetensors", t, {"layers": [1, 2], "name": "x"})
     back, meta = load_tensors(tmp_path / "t.safetensors")
     assert torch.equal(back["v"], t["v"]) and meta == {"layers": [1, 2], "name": "x"}
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    import os
+
+    write_json(tmp_path / "x.json", {})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~mask
