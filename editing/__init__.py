@@ -1,3 +1,47 @@
-"""editing: causal tracing and ROME rank-one weight edits (issue 5; not built yet)."""
+"""editing: causal tracing, ROME rank-one weight edits and erasures, and their evaluation.
 
-__all__: list[str] = []
+Happy path::
+
+    handle = editing.edit(model, request)        # ROME (r-ROME key), returns a handle
+    report = editing.evaluate_edits(model, [request])   # before/after CounterFact-style metrics
+    handle.revert()                              # bit-exact
+    with editing.edited(model, request): ...     # temporary edit
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+__all__ = [
+    "CovarianceFitter", "EditHandle", "RomeConfig", "causal_trace", "edit", "edited", "erase",
+    "evaluate", "evaluate_edits", "key_statistics", "rank_one_update", "run_experiment", "write_report",
+]
+
+_LAZY = {
+    "CovarianceFitter": "editing.covariance",
+    "key_statistics": "editing.covariance",
+    "EditHandle": "editing.rome",
+    "RomeConfig": "editing.rome",
+    "edit": "editing.rome",
+    "edited": "editing.rome",
+    "erase": "editing.rome",
+    "rank_one_update": "editing.rome",
+    "causal_trace": "editing.tracing",
+    "evaluate": "editing.evaluation",
+    "evaluate_edits": "editing.evaluation",
+    "write_report": "editing.report",
+    "run_experiment": "editing.experiment",
+}
+
+if TYPE_CHECKING:
+    from editing.covariance import CovarianceFitter, key_statistics
+    from editing.evaluation import evaluate, evaluate_edits
+    from editing.experiment import run_experiment
+    from editing.report import write_report
+    from editing.rome import EditHandle, RomeConfig, edit, edited, erase, rank_one_update
+    from editing.tracing import causal_trace
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'editing' has no attribute {name!r}")

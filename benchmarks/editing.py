@@ -1,0 +1,107 @@
+"""Time of one ROME edit on the embedded Gemma 3 270M, split into key, value and update (the key
+statistics cached), the key statistics per 10k tokens, and the load time of a cached covariance.
+
+    python benchmarks/editing.py [--layer 4] [--tokens 10000] [--edits 3] [--threads 0] [--json out.json]
+
+``--threads 0`` keeps torch's default thread count. Uses the shipped ``facts`` dataset when it is
+there, else three hand-written requests; the statistics corpus is the shipped datasets' text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+# this file is named like the package it measures: drop its own directory from the path
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.modules.pop("editing", None)
+
+import torch  # noqa: E402
+
+import steerlens  # noqa: E402
+from editing import covariance  # noqa: E402
+from editing.covariance import key_statistics, shipped_corpus  # noqa: E402
+from editing.rome import RomeConfig, as_request, edit  # noqa: E402
+
+FALLBACK = [
+    as_request(prompt="The Eiffel Tower is located in the city of", subject="Eiffel Tower", target_true=" Paris", target_new=" London"),
+    as_request(prompt="Toyota is a company from the country of", subject="Toyota", target_true=" Japan", target_new=" Germany"),
+    as_request(prompt="The official language of Brazil is", subject="Brazil", target_true=" Portuguese", target_new=" French"),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layer", type=int, default=4)
+    ap.add_argument("--tokens", type=int, default=10_000, help="tokens for the statistics timing")
+    ap.add_argument("--edits", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model = steerlens.load_model()
+    model("warm up")
+    out: dict = {"threads": torch.get_num_threads(), "layer": args.layer}
+
+    # key statistics from scratch (no cache), then a cached load in a fresh in-process memo
+    with tempfile.TemporaryDirectory() as tmp:
+        old = os.environ.get("STEERLENS_CACHE")
+        os.environ["STEERLENS_CACHE"] = tmp
+        try:
+            t = time.perf_counter()
+            stats = key_statistics(model, args.layer, corpus=shipped_corpus(), n_tokens=args.tokens, progress=False)
+            secs = time.perf_counter() - t
+            out["stats_tokens"] = stats.n
+            out["stats_seconds"] = secs
+            out["stats_seconds_per_10k_tokens"] = secs * 10_000 / stats.n
+            covariance._MEMO.clear()
+            t = time.perf_counter()
+            key_statistics(model, args.layer, corpus=shipped_corpus(), n_tokens=args.tokens, progress=False)
+            out["cached_stats_load_seconds"] = time.perf_counter() - t
+        finally:
+            if old is None:
+                del os.environ["STEERLENS_CACHE"]
+            else:
+                os.environ["STEERLENS_CACHE"] = old
+
+    reqs = FALLBACK
+    if "facts" in steerlens.data.names():
+        reqs = steerlens.data.load("facts")
+    reqs = list(reqs)[: args.edits]
+    cfg = RomeConfig()
+    # prefixes are sampled once per (model, seed) and cached: time that apart
+    from editing._model import _PREFIXES, prefixes
+
+    _PREFIXES.clear()
+    t = time.perf_counter()
+    prefixes(model, cfg.n_prefixes, cfg.prefix_tokens, cfg.seed)
+    out["prefixes_seconds_first_time_or_disk"] = time.perf_counter() - t
+    parts: dict[str, list[float]] = {"stats": [], "key": [], "value": [], "update": [], "total": []}
+    steps = []
+    for r in reqs:
+        t = time.perf_counter()
+        h = edit(model, r, layer=args.layer, stats=stats, config=cfg, progress=False)
+        parts["total"].append(time.perf_counter() - t)
+        for k, v in h.result.seconds.items():
+            parts[k].append(v)
+        steps.append(len(h.result.loss))
+        h.revert()
+    out["edit_seconds_median"] = {k: statistics.median(v) for k, v in parts.items() if v}
+    out["value_steps"] = steps
+    print(json.dumps(out, indent=1))
+    if args.json:
+        from steerlens.io import write_json
+
+        write_json(args.json, out)
+
+
+if __name__ == "__main__":
+    main()

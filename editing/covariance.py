@@ -1,0 +1,216 @@
+"""Second-moment statistics C = E[k kᵀ] of MLP keys at one layer (ROME eq. 2's C), streamed in
+float64 and cached on disk under (model fingerprint, layer, corpus hash, token budget)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from jaxtyping import Float
+
+from editing._model import check_layer, encode, key_hook, pad, pad_id, run_until, sample
+from steerlens.models import cache_dir, fingerprint, model_name
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+FORMAT_VERSION = 1
+#: default token budget: about a minute for Gemma 3 270M at layer 4 on 2 idle CPU cores
+DEFAULT_TOKENS = 20_000
+_MEMO: dict[str, "KeyStatistics"] = {}
+
+
+class CovarianceFitter:
+    """Streaming first and second moments of row vectors, accumulated in float64
+    (style of concept-erasure's ``LeaceFitter``): ``fitter.update(x).update(y).finalize()``."""
+
+    def __init__(self, dim: int, *, device: str | torch.device = "cpu"):
+        self.dim = dim
+        self.n = 0
+        self.sum_ = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.sum_outer_ = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def update(self, x: Float[torch.Tensor, "n d"]) -> "CovarianceFitter":
+        x = x.reshape(-1, self.dim).to(self.sum_.device, torch.float64)
+        self.n += x.shape[0]
+        self.sum_ += x.sum(0)
+        self.sum_outer_ += x.T @ x
+        return self
+
+    def finalize(self, **info) -> "KeyStatistics":
+        if self.n < 2:
+            raise ValueError(f"need at least 2 vectors to estimate a covariance, got {self.n}")
+        return KeyStatistics(mom2=self.sum_outer_ / self.n, mean=self.sum_ / self.n, n=self.n, info=dict(info))
+
+
+@dataclass(frozen=True)
+class KeyStatistics:
+    """Uncentred second moment ``mom2`` = E[k kᵀ] (ROME's C), the mean, and the count."""
+
+    mom2: Float[torch.Tensor, "d d"]
+    mean: Float[torch.Tensor, " d"]
+    n: int
+    info: dict
+
+    @property
+    def cov(self) -> torch.Tensor:
+        """Centred, unbiased covariance (``torch.cov`` convention)."""
+        return (self.mom2 - torch.outer(self.mean, self.mean)) * self.n / (self.n - 1)
+
+    def inverse(self, reg: float = 1e-3) -> torch.Tensor:
+        """(C + λ·tr(C)/d·I)⁻¹ in float64. The ridge λ keeps C invertible when the corpus has
+        fewer informative tokens than MLP neurons (dead GELU units give near-zero eigenvalues)."""
+        c = self.mom2
+        d = c.shape[0]
+        ridge = reg * torch.trace(c) / d
+        return torch.linalg.inv(c + ridge * torch.eye(d, dtype=c.dtype, device=c.device))
+
+    def save(self, path: str | os.PathLike) -> None:
+        from steerlens.io import save_tensors
+
+        save_tensors(path, {"mom2": self.mom2, "mean": self.mean},
+                     {"format_version": FORMAT_VERSION, "n": self.n, **self.info})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "KeyStatistics":
+        from steerlens.io import load_tensors
+
+        t, meta = load_tensors(path)
+        n = int(meta.pop("n"))
+        meta.pop("format_version", None)
+        return cls(mom2=t["mom2"], mean=t["mean"], n=n, info=meta)
+
+
+def corpus_texts(corpus: str | os.PathLike | Sequence[str]) -> list[str]:
+    """Documents from a list of strings or a file: ``.jsonl`` (field ``text``, ``prompt``,
+    ``positive``/``negative``), else plain text, one document per blank-line-separated block."""
+    if isinstance(corpus, (list, tuple)):
+        texts = [str(t) for t in corpus if str(t).strip()]
+    else:
+        path = Path(corpus)
+        if not path.is_file():
+            raise FileNotFoundError(f"corpus file not found: {path}")
+        raw = path.read_text(encoding="utf-8")
+        if path.suffix == ".jsonl":
+            texts = []
+            for line in raw.splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    texts += [row[k] for k in ("text", "prompt", "positive", "negative") if isinstance(row.get(k), str)]
+        else:
+            texts = [b.strip() for b in raw.split("\n\n") if b.strip()]
+    if not texts:
+        raise ValueError("the corpus holds no text")
+    return texts
+
+
+def corpus_hash(corpus: str | os.PathLike | Sequence[str] | None, seed: int) -> str:
+    if corpus is None:
+        return hashlib.sha256(f"model-sampled:seed={seed}".encode()).hexdigest()[:16]
+    return hashlib.sha256("\x00".join(corpus_texts(corpus)).encode()).hexdigest()[:16]
+
+
+def cache_path(model: "TransformerBridge", layer: int, chash: str, n_tokens: int) -> Path:
+    return cache_dir() / "editing" / "stats" / f"{fingerprint(model)}-L{layer}-{chash}-{n_tokens}.safetensors"
+
+
+def key_statistics(
+    model: "TransformerBridge",
+    layer: int,
+    *,
+    corpus: str | os.PathLike | Sequence[str] | None = None,
+    n_tokens: int = DEFAULT_TOKENS,
+    seed: int = 0,
+    batch_size: int = 16,
+    chunk_tokens: int = 128,
+    cache: bool = True,
+    progress: bool = True,
+) -> KeyStatistics:
+    """E[k kᵀ] of the keys ``blocks.{layer}.mlp.hook_post`` over up to ``n_tokens`` corpus tokens.
+
+    ``corpus``: ``None`` samples text from the model itself (seeded; slow on CPU: pass a file
+    when you have one), a path, or a list of strings. BOS positions are left out (their
+    activations are outliers). Cached under the steerlens cache; a cached result loads in well
+    under a second.
+    """
+    from tqdm.auto import tqdm
+
+    layer = check_layer(model, layer)
+    if n_tokens < 2:
+        raise ValueError(f"n_tokens must be >= 2, got {n_tokens}")
+    chash = corpus_hash(corpus, seed)
+    path = cache_path(model, layer, chash, n_tokens)
+    if cache and str(path) in _MEMO:
+        return _MEMO[str(path)]
+    if cache and path.is_file():
+        stats = KeyStatistics.load(path)
+        _MEMO[str(path)] = stats
+        return stats
+
+    t0 = time.perf_counter()
+    fitter = CovarianceFitter(int(model.cfg.d_mlp))
+    bar = tqdm(total=n_tokens, desc=f"key statistics L{layer}", unit="tok", disable=not progress)
+    for ids, mask in _chunks(model, corpus, n_tokens, seed, batch_size, chunk_tokens):
+        with torch.no_grad():
+            k = run_until(model, ids, mask, key_hook(layer))
+        real = mask.bool().clone()
+        real[:, 0] = False  # BOS
+        rows = k[real.to(k.device)][: n_tokens - fitter.n]
+        fitter.update(rows)
+        bar.update(rows.shape[0])
+        if fitter.n >= n_tokens:
+            break
+    bar.close()
+    stats = fitter.finalize(model=model_name(model), fingerprint=fingerprint(model), layer=layer,
+                            corpus_hash=chash, n_tokens=n_tokens, seconds=time.perf_counter() - t0)
+    if cache:
+        stats.save(path)
+        _MEMO[str(path)] = stats
+    return stats
+
+
+def _chunks(model, corpus, n_tokens, seed, batch_size, chunk_tokens):
+    """Batches of right-padded token chunks (BOS + up to ``chunk_tokens - 1`` tokens)."""
+    bos = model.tokenizer.bos_token_id
+    if corpus is None:
+        # model-sampled text, generated lazily batch by batch until the budget is met
+        i = 0
+        while True:
+            texts = sample(model, None, n=batch_size, max_new_tokens=chunk_tokens - 1, seed=seed + i)
+            i += 1
+            yield pad([encode(model, t)[:chunk_tokens] for t in texts], pad_id(model))
+    rows: list[list[int]] = []
+    for text in corpus_texts(corpus):
+        ids = encode(model, text)
+        body = ids[1:] if bos is not None and ids and ids[0] == bos else ids
+        head = [bos] if bos is not None else []
+        for s in range(0, len(body), chunk_tokens - len(head)):
+            rows.append(head + body[s : s + chunk_tokens - len(head)])
+            if len(rows) == batch_size:
+                yield pad(rows, pad_id(model))
+                rows = []
+    if rows:
+        yield pad(rows, pad_id(model))
+
+
+def shipped_corpus() -> list[str]:
+    """The text of steerlens' shipped datasets other than ``facts`` (statements, instructions,
+    sentences; about 16k Gemma tokens): a quick offline corpus for the key statistics when
+    sampling from the model is too slow (CPU) and no corpus file is at hand."""
+    from steerlens import data
+
+    texts: list[str] = []
+    for name in data.names():
+        if name == "facts":
+            continue
+        for r in data.load(name):
+            texts += [getattr(r, k) for k in ("text", "positive", "negative") if isinstance(getattr(r, k, None), str)]
+    return texts

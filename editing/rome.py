@@ -1,0 +1,359 @@
+"""ROME: rank-one model editing (Meng et al. 2022, https://arxiv.org/abs/2202.05262) with the
+r-ROME fix (Gupta et al. 2024, https://arxiv.org/abs/2403.07175), plus an erasure mode.
+
+One edit = a key k* (what the MLP at ``layer`` sees at the subject's last token), a value v*
+(what it should output there so the model says the new object), and the closed-form rank-one
+update of the down-projection W that maps k* to v* while disturbing other keys least under the
+key second moment C. Every edit returns an ``EditHandle`` that reverts it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import torch
+from jaxtyping import Float
+
+from editing import _model as M
+from editing.covariance import DEFAULT_TOKENS, KeyStatistics, key_statistics
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+Mode = Literal["rewrite", "erase"]
+
+
+class Request(Protocol):
+    """What an edit needs (``steerlens.data.EditRequest`` fits)."""
+
+    prompt: str
+    subject: str
+    target_true: str
+    target_new: str
+
+
+@dataclass(frozen=True)
+class RomeConfig:
+    """Hyper-parameters, named after ROME's ``hparams`` where they have a counterpart.
+
+    Defaults are sized for a CPU: ROME's GPT-2 XL settings use 10+ templates and 20 steps too."""
+
+    n_prefixes: int = 20  # sampled prefixes averaged into the key (ROME: context templates)
+    prefix_tokens: int = 8
+    n_value_prefixes: int = 5  # of those, how many the value is optimised on (ROME: 5 templates)
+    steps: int = 25  # v_num_grad_steps
+    lr: float = 0.5  # v_lr (Adam), in units of the rms of the MLP output at the subject
+    kl_factor: float = 0.0625  # kl_factor: KL on "{subject} is a" at the subject's last token
+    weight_decay: float = 0.5  # v_weight_decay: ‖δ‖ / ‖v₀‖²
+    clamp_norm_factor: float = 4.0  # clamp_norm_factor: ‖δ‖ ≤ 4‖v₀‖
+    early_stop: float = 0.05  # stop once the target NLL is below this (ROME: the total loss; its
+    # weight-decay term is not scale-free and alone exceeds 0.05 on Gemma's small MLP outputs)
+    erase_top_k: int = 10  # erasure: push the true object out of this many top tokens ...
+    erase_margin: int = 2  # ... times this margin, on every optimisation prompt
+    cov_reg: float = 1e-3  # ridge on C, relative to its mean eigenvalue
+    n_tokens: int = DEFAULT_TOKENS  # covariance token budget
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EditResult:
+    """What an edit computed (float32, CPU) and how long each part took."""
+
+    layer: int
+    mode: Mode
+    k_star: torch.Tensor
+    v_star: torch.Tensor
+    delta: torch.Tensor  # δ optimised at the MLP output
+    loss: list[float]
+    seconds: dict[str, float]
+
+
+def rank_one_update(
+    W: Float[torch.Tensor, "d_out d_in"],
+    C_inv: Float[torch.Tensor, "d_in d_in"],
+    k_star: Float[torch.Tensor, " d_in"],
+    v_star: Float[torch.Tensor, " d_out"],
+) -> Float[torch.Tensor, "d_out d_in"]:
+    """ΔW of ROME eq. 2: Ŵ = W + Λ (C⁻¹k*)ᵀ with Λ = (v* − W k*) / ((C⁻¹k*)ᵀ k*).
+
+    r-ROME (Gupta et al. 2024): the same (prefix-averaged) k* is used in u = C⁻¹k* and in the
+    residual v* − W k*, so Ŵ k* = v* exactly and the prompt and its prefixed variants agree.
+    Among all W' with W' k* = v*, this one minimises ‖(W' − W) K‖ for keys K with second moment C.
+    Computed in float64.
+    """
+    W64, C64 = W.double(), C_inv.double()
+    k, v = k_star.double(), v_star.double()
+    u = C64 @ k
+    denom = u @ k
+    if not torch.isfinite(denom) or denom <= 0:
+        raise ValueError("(C⁻¹k*)ᵀk* is not positive: C_inv is not positive definite")
+    lam = (v - W64 @ k) / denom
+    return torch.outer(lam, u)
+
+
+@dataclass(eq=False)
+class EditHandle:
+    """Reverts one weight edit. ``revert()`` restores the weight bit-exactly when no later edit
+    touched the same weight (it copies the saved original back); otherwise it subtracts this
+    edit's own ΔW, which restores the original within float rounding in any order."""
+
+    model: Any = field(repr=False)
+    layer: int
+    result: EditResult | None = field(repr=False, default=None)
+    _before: torch.Tensor | None = field(repr=False, default=None)
+    _after: torch.Tensor | None = field(repr=False, default=None)
+    _delta: torch.Tensor | None = field(repr=False, default=None)  # in the stored layout, float32
+    reverted: bool = False
+
+    @property
+    def weight(self) -> torch.nn.Parameter:
+        return M.down_proj(self.model, self.layer)[0]
+
+    @torch.no_grad()
+    def revert(self) -> None:
+        if self.reverted:
+            return
+        w = self.weight
+        if torch.equal(w, self._after):
+            w.copy_(self._before)
+        else:  # a later edit changed this weight: take out our own ΔW only
+            w.copy_((w.float() - self._delta).to(w.dtype))
+        self.reverted = True
+
+    def __enter__(self) -> "EditHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.revert()
+
+
+def _check_request(model, request: Request, mode: Mode) -> tuple[list[int], list[int] | None]:
+    for name in ("prompt", "subject"):
+        if not isinstance(getattr(request, name, None), str) or not getattr(request, name):
+            raise ValueError(f"request.{name} must be a non-empty string")
+    if mode not in ("rewrite", "erase"):
+        raise ValueError(f"mode must be 'rewrite' or 'erase', got {mode!r}")
+    M.subject_last(model, request.prompt, request.subject)  # raises if absent
+    true_ids = M.encode_target(model, request.target_true, "target_true")
+    new_ids = M.encode_target(model, request.target_new, "target_new") if mode == "rewrite" else None
+    if new_ids is not None and new_ids == true_ids:
+        raise ValueError(f"target_new {request.target_new!r} equals target_true")
+    return true_ids, new_ids
+
+
+def compute_key(
+    model: "TransformerBridge", layer: int, prompt: str, subject: str, prefixes: Sequence[str]
+) -> Float[torch.Tensor, " d_mlp"]:
+    """k*: the mean of the down-projection's input at the subject's last token over ``prompt``
+    and each ``"{prefix}. {prompt}"`` (ROME §3.1, eq. 3)."""
+    texts = [M.with_prefix(p, prompt) for p in ["", *prefixes]]
+    rows = [M.encode(model, t) for t, _ in texts]
+    idx = [M.subject_last(model, t, subject, after=a) for t, a in texts]
+    ids, mask = M.pad(rows, M.pad_id(model))
+    with torch.no_grad():
+        k = M.run_until(model, ids, mask, M.key_hook(layer))
+    return k[torch.arange(len(rows)), torch.tensor(idx)].float().mean(0).cpu()
+
+
+def compute_value(
+    model: "TransformerBridge",
+    layer: int,
+    request: Request,
+    k_star: torch.Tensor,
+    prefixes: Sequence[str],
+    *,
+    mode: Mode = "rewrite",
+    config: RomeConfig = RomeConfig(),
+    u: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """v* = W k* + δ, with δ added to the raw down-projection output at the subject's last token
+    optimised (Adam, parameters frozen) so the model predicts the new object after the prompt and
+    its prefixed variants (ROME §3.1, eq. 4), plus ROME's KL term on "{subject} is a", its
+    weight decay, and its norm clamp ‖δ‖ ≤ clamp_norm_factor·‖v₀‖ (v₀: the MLP output at the
+    subject on the plain prompt). Erasure minimises the true object's likelihood instead, until
+    its first token leaves the top ``erase_top_k·erase_margin`` on every prompt.
+    With ``u = C⁻¹k*`` given, δ is scaled at each prompt by (uᵀkᵢ)/(uᵀk*), the factor the
+    rank-one update will apply there, so the optimised loss is the edited model's loss.
+    Returns ``(v_star, delta, losses)``.
+    """
+    true_ids, new_ids = _check_request(model, request, mode)
+    tgt = new_ids if mode == "rewrite" else true_ids
+    dev = M.device_of(model)
+    texts = [M.with_prefix(p, request.prompt) for p in ["", *prefixes]]
+    kl_text = f"{request.subject} is a"
+    rows, lookup, tpos = [], [], []
+    for text, a in texts:
+        ids = M.encode(model, text)
+        lookup.append(M.subject_last(model, text, request.subject, after=a))
+        tpos.append(len(ids) - 1)
+        rows.append(ids + tgt[:-1])
+    rows.append(M.encode(model, kl_text))
+    lookup.append(M.subject_last(model, kl_text, request.subject))
+    ids, mask = M.pad(rows, M.pad_id(model))
+    n_rw = len(texts)
+    lookup_t = torch.tensor(lookup, device=dev)
+    rows_t = torch.arange(len(rows), device=dev)
+    # gather positions for the target tokens: [n_rw, len(tgt)]
+    pos = torch.tensor([[p + j for j in range(len(tgt))] for p in tpos], device=dev)
+    tgt_t = torch.tensor(tgt, device=dev)
+
+    with torch.no_grad():
+        raw0 = M.run_until(model, ids[:1], mask[:1], M.out_hook(layer))[0, lookup[0]].float()
+        # The rank-one update adds Λ·(uᵀk)/(uᵀk*) at a key k (u = C⁻¹k*), not Λ: scale δ per
+        # prompt by that factor so the optimisation sees exactly what the edited weight will do
+        # (the plain prompt's key can differ much from the prefix average, e.g. right after BOS).
+        if u is None:
+            scale_rows = torch.ones(len(rows), device=dev)
+        else:
+            keys = M.run_until(model, ids, mask, M.key_hook(layer))[rows_t, lookup_t].float().cpu()
+            uu = u.float()
+            scale_rows = ((keys @ uu) / (k_star.float() @ uu)).to(dev)
+        h0 = M.final_hidden(model, ids[-1:], mask[-1:])
+        kl_ref = M.logits_at(model, h0[0, lookup[-1]]).log_softmax(-1)
+    scale = raw0.norm() / raw0.numel() ** 0.5  # rms of v₀: makes lr scale-free across models
+    max_norm = config.clamp_norm_factor * raw0.norm()
+    delta = torch.zeros_like(raw0, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=config.lr * float(scale))
+
+    def add_delta(x, hook):
+        x = x.clone()
+        x[rows_t, lookup_t] = x[rows_t, lookup_t] + (scale_rows[:, None] * delta).to(x.dtype)
+        return x
+
+    losses: list[float] = []
+    erase_k = config.erase_top_k * config.erase_margin
+    for _ in range(config.steps):
+        opt.zero_grad()
+        hidden = M.final_hidden(model, ids, mask, [(M.out_hook(layer), add_delta)])
+        logp = M.logits_at(model, hidden[torch.arange(n_rw, device=dev)[:, None], pos]).log_softmax(-1)
+        tok_lp = logp.gather(-1, tgt_t.expand(n_rw, -1)[..., None])[..., 0]  # [n_rw, len(tgt)]
+        if mode == "rewrite":
+            main = -tok_lp.mean(1).mean()
+            done = float(main.detach()) < config.early_stop
+        else:
+            first = logp[:, 0]
+            rank = (first > first.gather(-1, tgt_t[:1].expand(n_rw)[:, None])).sum(-1)
+            active = rank < erase_k
+            # minimise the likelihood of the true object where it is still near the top
+            main = (tok_lp.mean(1) * active).sum() / active.sum().clamp(min=1)
+            done = not bool(active.any())
+        kl_lp = M.logits_at(model, hidden[-1, lookup[-1]]).log_softmax(-1)
+        kl = torch.nn.functional.kl_div(kl_lp, kl_ref, log_target=True, reduction="sum")
+        decay = delta.norm() / raw0.norm() ** 2
+        loss = main + config.kl_factor * kl + config.weight_decay * decay
+        losses.append(float(loss.detach()))
+        if done or not torch.isfinite(loss):
+            break
+        loss.backward()
+        opt.step()
+        with torch.no_grad():  # ROME's clamp: keep ‖δ‖ ≤ clamp_norm_factor·‖v₀‖
+            if delta.norm() > max_norm:
+                delta.mul_(max_norm / delta.norm())
+    delta = delta.detach().float().cpu()
+    if not torch.isfinite(delta).all():
+        raise RuntimeError("the value optimisation diverged (non-finite δ); no weight was changed")
+    v_star = M.w_out(model, layer).cpu() @ k_star.float() + delta
+    return v_star, delta, losses
+
+
+def edit(
+    model: "TransformerBridge",
+    request: Request,
+    *,
+    layer: int | None = None,
+    mode: Mode = "rewrite",
+    stats: KeyStatistics | None = None,
+    corpus: str | os.PathLike | Sequence[str] | None = None,
+    config: RomeConfig = RomeConfig(),
+    progress: bool = True,
+) -> EditHandle:
+    """Apply one ROME edit in place and return its ``EditHandle``.
+
+    ``mode="rewrite"`` makes ``request.prompt`` complete with ``request.target_new``;
+    ``mode="erase"`` makes the model forget ``request.target_true`` instead. ``stats``: key
+    statistics of ``layer`` (else computed from ``corpus`` or model-sampled text and cached).
+    Input is validated and everything is computed before the weight changes, so a failed edit
+    leaves the model as it was.
+    """
+    layer = M.default_layer(model) if layer is None else M.check_layer(model, layer)
+    _check_request(model, request, mode)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    if stats is None:
+        stats = key_statistics(model, layer, corpus=corpus, n_tokens=config.n_tokens, seed=config.seed, progress=progress)
+    if stats.mom2.shape[0] != int(model.cfg.d_mlp) or stats.info.get("layer", layer) != layer:
+        raise ValueError(f"stats are for layer {stats.info.get('layer')} / width {stats.mom2.shape[0]}, "
+                         f"not layer {layer} / d_mlp {model.cfg.d_mlp}")
+    c_inv = _inverse(stats, config.cov_reg)
+    seconds["stats"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    pre = M.prefixes(model, config.n_prefixes, config.prefix_tokens, config.seed)
+    k_star = compute_key(model, layer, request.prompt, request.subject, pre)
+    seconds["key"] = time.perf_counter() - t
+    t = time.perf_counter()
+    v_star, delta, losses = compute_value(model, layer, request, k_star, pre[: config.n_value_prefixes],
+                                          mode=mode, config=config, u=(c_inv @ k_star.double()).float())
+    seconds["value"] = time.perf_counter() - t
+    t = time.perf_counter()
+    weight, transposed = M.down_proj(model, layer)
+    dW = rank_one_update(M.w_out(model, layer).cpu(), c_inv, k_star, v_star).float()
+    if not torch.isfinite(dW).all():
+        raise RuntimeError("the rank-one update is not finite; no weight was changed")
+    d_stored = (dW.T if transposed else dW).contiguous().to(weight.device)
+    with torch.no_grad():
+        before = weight.detach().clone()
+        # float32 math, cast back to the model's dtype
+        weight.copy_((weight.float() + d_stored).to(weight.dtype))
+        after = weight.detach().clone()
+    seconds["update"] = time.perf_counter() - t
+    result = EditResult(layer, mode, k_star, v_star, delta, losses, seconds)
+    # the exact ΔW that landed (after rounding to the weight's dtype)
+    return EditHandle(model, layer, result, before, after, after.float() - before.float())
+
+
+def erase(model: "TransformerBridge", request: Request, **kwargs) -> EditHandle:
+    """``edit(..., mode="erase")``: make the model forget ``request.target_true``."""
+    return edit(model, request, mode="erase", **kwargs)
+
+
+@contextmanager
+def edited(model: "TransformerBridge", request: Request, **kwargs) -> Iterator[EditHandle]:
+    """Apply an edit for the duration of a ``with`` block; reverted on exit, even on errors."""
+    handle = edit(model, request, **kwargs)
+    try:
+        yield handle
+    finally:
+        handle.revert()
+
+
+_INV: dict[tuple, tuple[KeyStatistics, torch.Tensor]] = {}
+
+
+def _inverse(stats: KeyStatistics, reg: float) -> torch.Tensor:
+    key = (id(stats), reg)
+    if key not in _INV or _INV[key][0] is not stats:
+        if len(_INV) > 8:
+            _INV.clear()
+        _INV[key] = (stats, stats.inverse(reg))
+    return _INV[key][1]
+
+
+def as_request(**fields) -> Any:
+    """A ``steerlens.data.EditRequest`` from keyword fields (missing lists default to empty)."""
+    from steerlens.data import EditRequest
+
+    base = dict(id="", relation="", target_new="", paraphrases=(), neighbourhood=())
+    base.update(fields)
+    base["paraphrases"] = tuple(base["paraphrases"])
+    base["neighbourhood"] = tuple(base["neighbourhood"])
+    return EditRequest(**base)
+
+
+__all__ = ["EditHandle", "EditResult", "RomeConfig", "as_request", "compute_key", "compute_value",
+           "edit", "edited", "erase", "rank_one_update"]

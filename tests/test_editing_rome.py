@@ -1,0 +1,249 @@
+"""ROME math, key statistics, edit handles, errors and hooks on tiny random models (fast)."""
+
+import time
+
+import pytest
+import torch
+
+import steerlens
+from editing import _model as M
+from editing.covariance import CovarianceFitter, KeyStatistics, _MEMO, cache_path, corpus_hash, key_statistics
+from editing.rome import RomeConfig, as_request, compute_key, edit, edited, rank_one_update
+from steerlens.hooks import count_hooks
+
+FAST = RomeConfig(n_prefixes=3, prefix_tokens=4, n_value_prefixes=2, steps=4, n_tokens=400)
+CORPUS = ["the quick brown fox jumps over the lazy dog", "a stitch in time saves nine stitches",
+          "Bob lives in the city of Paris and works in a bakery", "many hands make light work"] * 4
+REQ = as_request(id="bob", prompt="Bob lives in the city of", subject="Bob", target_true=" Paris", target_new=" Rome",
+                 paraphrases=("Where does Bob live? In the city of",), neighbourhood=("Alice lives in the city of",))
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A 2-block random Llama (Linear, gated MLP) with the byte tokenizer: the Gemma/Llama layout."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from steerlens.tiny import byte_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tok = byte_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=256, eos_token_id=256, pad_token_id=256, architectures=["LlamaForCausalLM"])
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    model = TransformerBridge.boot_transformers(str(path), device="cpu", dtype=torch.float32)
+    model.eval()
+    model.requires_grad_(False)
+    model.cfg.model_name = "tiny-llama"
+    model("warm up")
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_stats(tiny):
+    return key_statistics(tiny, 1, corpus=CORPUS, n_tokens=400, cache=False, progress=False)
+
+
+def _weights(model):
+    return [M.down_proj(model, L)[0].detach().clone() for L in range(model.cfg.n_layers)]
+
+
+def _same(model, saved):
+    return all(torch.equal(M.down_proj(model, L)[0], w) for L, w in enumerate(saved))
+
+
+# --- math -----------------------------------------------------------------------------------
+
+def test_rank_one_update_maps_key_to_value_and_spares_c_orthogonal_keys():
+    g = torch.Generator().manual_seed(0)
+    d_out, d_in = 12, 20
+    W = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
+    K = torch.randn(d_in, 200, generator=g, dtype=torch.float64)
+    C = K @ K.T / 200
+    C_inv = torch.linalg.inv(C)
+    k_star = torch.randn(d_in, generator=g, dtype=torch.float64)
+    v_star = torch.randn(d_out, generator=g, dtype=torch.float64)
+    dW = rank_one_update(W, C_inv, k_star, v_star)
+    assert torch.linalg.matrix_rank(dW) == 1
+    torch.testing.assert_close((W + dW) @ k_star, v_star, atol=1e-10, rtol=0)
+    # keys with kᵀ C⁻¹ k* = 0 are untouched
+    u = C_inv @ k_star
+    k = torch.randn(d_in, generator=g, dtype=torch.float64)
+    k = k - (k @ u) / (u @ u) * u
+    torch.testing.assert_close((W + dW) @ k, W @ k, atol=1e-10, rtol=0)
+
+
+def test_rank_one_update_is_the_least_squares_minimiser_under_c():
+    # ROME eq. 2: among W' with W'k* = v*, minimises tr((W'-W) C (W'-W)ᵀ); perturbing within the
+    # constraint set only increases it
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    K = torch.randn(8, 50, generator=g, dtype=torch.float64)
+    C = K @ K.T / 50
+    k, v = torch.randn(8, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    dW = rank_one_update(W, torch.linalg.inv(C), k, v)
+    cost = lambda D: torch.trace(D @ C @ D.T)
+    for _ in range(5):
+        P = torch.randn(5, 8, generator=g, dtype=torch.float64)
+        P = P - torch.outer(P @ k, k) / (k @ k)  # keeps (W+dW+P) k* = v*
+        assert cost(dW + 0.1 * P) > cost(dW)
+
+
+def test_covariance_fitter_matches_torch_cov_streamed():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 16, generator=g) * torch.linspace(0.1, 3, 16) + 2.0
+    f = CovarianceFitter(16)
+    for chunk in x.split(77):
+        assert f.update(chunk) is f
+    stats = f.finalize()
+    assert stats.n == 500
+    torch.testing.assert_close(stats.cov, torch.cov(x.double().T), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(stats.mom2, x.double().T @ x.double() / 500, atol=1e-10, rtol=1e-10)
+    assert stats.mom2.dtype == torch.float64
+    with pytest.raises(ValueError):
+        CovarianceFitter(3).finalize()
+
+
+def test_key_statistics_cache_round_trip(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("STEERLENS_CACHE", str(tmp_path))
+    stats = key_statistics(tiny, 1, corpus=CORPUS, n_tokens=300, progress=False)
+    path = cache_path(tiny, 1, corpus_hash(CORPUS, 0), 300)
+    assert path.is_file() and str(tmp_path) in str(path)
+    assert stats.n == 300 and stats.info["layer"] == 1
+    _MEMO.clear()
+    t = time.perf_counter()
+    again = key_statistics(tiny, 1, corpus=CORPUS, n_tokens=300, progress=False)
+    assert time.perf_counter() - t < 1.0
+    assert torch.equal(again.mom2, stats.mom2) and torch.equal(again.mean, stats.mean) and again.n == stats.n
+    # the statistics are those of the keys: compare with a direct capture
+    other = key_statistics(tiny, 1, corpus=CORPUS[:1], n_tokens=10_000, cache=False, progress=False)
+    ids = torch.tensor([M.encode(tiny, CORPUS[0])])
+    k = M.run_until(tiny, ids, torch.ones_like(ids), M.key_hook(1))[0, 1:].double()
+    torch.testing.assert_close(other.mom2, k.T @ k / k.shape[0], atol=1e-8, rtol=1e-6)
+    # another corpus, another key
+    assert corpus_hash(CORPUS[:2], 0) != corpus_hash(CORPUS, 0)
+
+
+# --- edits and handles ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", ["tiny", "tiny_llama"])
+def test_edit_hits_v_star_and_reverts_bit_exactly(which, request):
+    model = request.getfixturevalue(which)
+    stats = key_statistics(model, 1, corpus=CORPUS, n_tokens=400, cache=False, progress=False)
+    saved = _weights(model)
+    hooks = count_hooks(model)
+    h = edit(model, REQ, layer=1, stats=stats, config=FAST, progress=False)
+    assert count_hooks(model) == hooks
+    assert not _same(model, saved)
+    # the edited down-projection maps k* to v* (float32 weights)
+    W = M.w_out(model, 1)
+    torch.testing.assert_close(W @ h.result.k_star, h.result.v_star, atol=1e-4, rtol=1e-4)
+    # and the delta lands on the raw MLP output at the subject's last token of the plain prompt
+    ids = torch.tensor([M.encode(model, REQ.prompt)])
+    out = M.run_until(model, ids, torch.ones_like(ids), M.out_hook(1))[0, M.subject_last(model, REQ.prompt, REQ.subject)]
+    k0 = compute_key(model, 1, REQ.prompt, REQ.subject, [])
+    bias = model.blocks[1].mlp.out.original_component.bias
+    expected = W @ k0 + (0 if bias is None else bias.float())
+    torch.testing.assert_close(out.float(), expected, atol=1e-4, rtol=1e-4)
+    # only the edited layer changed
+    assert all(torch.equal(M.down_proj(model, L)[0], saved[L]) for L in range(model.cfg.n_layers) if L != 1)
+    h.revert()
+    assert _same(model, saved)
+    h.revert()  # idempotent
+    assert _same(model, saved)
+
+
+def test_stacked_edits_revert_out_of_order(tiny, tiny_stats):
+    saved = _weights(tiny)
+    reqs = [REQ, as_request(prompt="Ann works as a", subject="Ann", target_true=" nurse", target_new=" pilot"),
+            as_request(prompt="The river Nile flows into the", subject="river Nile", target_true=" sea", target_new=" lake")]
+    handles = [edit(tiny, r, layer=1, stats=tiny_stats, config=FAST, progress=False) for r in reqs]
+    for i in (0, 2, 1):
+        handles[i].revert()
+    W = M.down_proj(tiny, 1)[0]
+    assert (W - saved[1]).abs().max() <= 1e-6
+    W.data.copy_(saved[1])
+    # reverting the last edit applied is bit-exact
+    a = edit(tiny, reqs[0], layer=1, stats=tiny_stats, config=FAST, progress=False)
+    mid = _weights(tiny)
+    b = edit(tiny, reqs[1], layer=1, stats=tiny_stats, config=FAST, progress=False)
+    b.revert()
+    assert _same(tiny, mid)
+    a.revert()
+    assert _same(tiny, saved)
+
+
+def test_context_manager_reverts_on_exception_and_leaves_no_hooks(tiny, tiny_stats):
+    saved = _weights(tiny)
+    hooks = count_hooks(tiny)
+    with pytest.raises(RuntimeError, match="boom"):
+        with edited(tiny, REQ, layer=1, stats=tiny_stats, config=FAST, progress=False) as h:
+            assert not _same(tiny, saved)
+            assert h.layer == 1
+            raise RuntimeError("boom")
+    assert _same(tiny, saved)
+    assert count_hooks(tiny) == hooks
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(request=as_request(prompt="Bob lives in", subject="Carol", target_true=" X", target_new=" Y")), "does not occur"),
+    (dict(request=as_request(prompt="Bob lives in", subject="Bob", target_true=" X", target_new="")), "tokenises to nothing"),
+    (dict(request=as_request(prompt="Bob lives in", subject="Bob", target_true="", target_new=" Y")), "tokenises to nothing"),
+    (dict(layer=3), "out of range"),
+    (dict(layer=-4), "out of range"),
+    (dict(mode="replace"), "mode must be"),
+])
+def test_bad_input_raises_and_leaves_weights(tiny, tiny_stats, kwargs, match):
+    saved = _weights(tiny)
+    hooks = count_hooks(tiny)
+    kw = dict(request=REQ, layer=1, stats=tiny_stats, config=FAST, progress=False)
+    kw.update(kwargs)
+    req = kw.pop("request")
+    with pytest.raises(ValueError, match=match):
+        edit(tiny, req, **kw)
+    assert _same(tiny, saved)
+    assert count_hooks(tiny) == hooks
+
+
+def test_failure_during_value_leaves_weights(tiny, tiny_stats, monkeypatch):
+    import editing.rome as rome
+
+    saved = _weights(tiny)
+    hooks = count_hooks(tiny)
+    calls = {"n": 0}
+    real = M.logits_at
+
+    def flaky(model, hidden):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise RuntimeError("interrupted")
+        return real(model, hidden)
+
+    monkeypatch.setattr(rome.M, "logits_at", flaky)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        edit(tiny, REQ, layer=1, stats=tiny_stats, config=FAST, progress=False)
+    assert _same(tiny, saved)
+    assert count_hooks(tiny) == hooks
+
+
+def test_stats_for_another_layer_are_refused(tiny, tiny_stats):
+    with pytest.raises(ValueError, match="layer"):
+        edit(tiny, REQ, layer=2, stats=tiny_stats, config=FAST, progress=False)
+
+
+def test_bf16_model_edit_runs_in_float32():
+    model = steerlens.tiny_model(n_layers=3, d_model=64, seed=0, dtype=torch.bfloat16)
+    model("warm up")
+    stats = key_statistics(model, 1, corpus=CORPUS, n_tokens=400, cache=False, progress=False)
+    saved = _weights(model)
+    h = edit(model, REQ, layer=1, stats=stats, config=FAST, progress=False)
+    W = M.down_proj(model, 1)[0]
+    assert W.dtype == torch.bfloat16
+    assert h.result.k_star.dtype == torch.float32 and h.result.v_star.dtype == torch.float32
+    assert torch.isfinite(h.result.delta).all()
+    assert not torch.equal(W, saved[1])
+    h.revert()
+    assert _same(model, saved)
