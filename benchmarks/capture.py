@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -46,15 +45,26 @@ def capture_time(model, texts, batch_size, layers) -> float:
 
 
 def peak_rss_child(n: int, batch_size: int, stream: bool) -> None:
+    import threading
+
+    import psutil
+
     model = steerlens.load_model()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    proc, peak, done = psutil.Process(), [0], threading.Event()
+
+    def sample() -> None:  # the load's own transient peak must not hide capture's
+        while not done.wait(0.01):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    base = proc.memory_info().rss
+    threading.Thread(target=sample, daemon=True).start()
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/acts" if stream else None
         acts = steerlens.capture(model, prompts(n), "resid_post", layers=[4, 8, 12], pool="all",
                                  batch_size=batch_size, out=out, progress=False)
         rows = sum(acts.lengths.tolist())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mb": peak / 1024, "model_mb": base / 1024, "token_rows": rows}))
+        done.set()
+    print(json.dumps({"peak_mb": peak[0] / 2**20, "model_mb": base / 2**20, "token_rows": rows}))
 
 
 def main() -> None:
@@ -64,11 +74,19 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--rss-only", action="store_true")
     ap.add_argument("--rss-child", choices=["memory", "stream"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child:
         return peak_rss_child(args.n, args.batch_size, args.rss_child == "stream")
 
+    if not args.rss_only:
+        throughput(args)
+    if not args.skip_rss:
+        peak_rss(args)
+
+
+def throughput(args) -> None:
     model = steerlens.load_model(dtype=args.dtype)
     texts = prompts(args.n)
     n_tokens = int(sum(tokenize(model, texts)[2]))
@@ -85,16 +103,17 @@ def main() -> None:
         t = statistics.median(times)
         print(f"  {name:<30} {n_tokens / t:8.0f} tok/s   time ratio vs forward {t / base:.3f}")
 
-    if args.skip_rss:
-        return
+
+
+def peak_rss(args) -> None:
     n_big = 10 * args.n
     print(f"peak RSS capturing {n_big} prompts, all tokens, 3 hooks (fresh process each):")
     for mode in ("memory", "stream"):
         res = subprocess.run([sys.executable, __file__, "--rss-child", mode, "--n", str(n_big),
                               "--batch-size", str(args.batch_size)], capture_output=True, text=True, check=True)
         r = json.loads(res.stdout.strip().splitlines()[-1])
-        print(f"  {mode:<7} peak {r['peak_mb']:7.0f} MB  (after model load {r['model_mb']:6.0f} MB, "
-              f"+{r['peak_mb'] - r['model_mb']:5.0f} MB for {r['token_rows']} token rows)")
+        print(f"  {mode:<7} peak RSS {r['peak_mb']:6.0f} MB = model {r['model_mb']:6.0f} MB "
+              f"+ {r['peak_mb'] - r['model_mb']:5.0f} MB for {r['token_rows']} token rows")
 
 
 if __name__ == "__main__":
