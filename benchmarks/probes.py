@@ -1,0 +1,149 @@
+"""Benchmark the probes package on the embedded Gemma 3 270M.
+
+1. Sweep time: all 18 layers x 3 methods (logistic, mass-mean, LDA) with controls and bootstrap
+   CIs, on truthfulness activations captured beforehand; per layer and per method.
+2. Monitor cost: greedy generation tokens/s (KV cache on) with and without a ProbeMonitor (one
+   probe per method, each at its own best layer), measured in the same run after a warm-up, as
+   paired runs on the same prompt in alternating order; median of the paired ratios.
+   Target: monitored / unmonitored >= 0.97.
+
+    python benchmarks/probes.py            # full
+    python benchmarks/probes.py --quick    # fewer generation repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# This file is named like the package it measures: import the package, not this script.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="Fewer generation repeats and tokens.")
+    ap.add_argument("--dataset", default="truthfulness")
+    ap.add_argument("--torch-threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine; 0: torch's default).")
+    ap.add_argument("--blas-threads", type=int, default=1, help="BLAS threads during the sweep (sweep_layers' threads=).")
+    ap.add_argument("--repeats", type=int, default=None, help="Paired generations (default 30, quick 6).")
+    ap.add_argument("--new-tokens", type=int, default=None, help="Tokens per generation (default 24, quick 12).")
+    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "out" / "probes.json", help="Where to write the figures.")
+    args = ap.parse_args()
+    repeats = args.repeats or (6 if args.quick else 30)
+    new_tokens = args.new_tokens or (12 if args.quick else 24)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+
+    import steerlens
+    from probes import ProbeMonitor, labelled_rows, sweep_layers
+
+    t0 = time.perf_counter()
+    model = steerlens.load_model()
+    model("warm up")
+    load_s = time.perf_counter() - t0
+
+    rows = labelled_rows(args.dataset)
+    t0 = time.perf_counter()
+    acts = steerlens.capture(model, [r["prompt"] for r in rows], "resid_post", rows=rows, batch_size=32, progress=False)
+    capture_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    result = sweep_layers(acts, seed=0, dataset=args.dataset, threads=args.blas_threads)
+    sweep_s = time.perf_counter() - t0
+    per_method = {}
+    for m in result.methods:
+        recs = [r for r in result.records if r["method"] == m]
+        fit = [r["fit_s"] for r in recs]
+        ctl = [r.get("control_s", 0.0) for r in recs]
+        per_method[m] = {"fit_s_per_layer": statistics.mean(fit), "controls_s_per_layer": statistics.mean(ctl),
+                         "total_s": sum(fit) + sum(ctl)}
+
+    # -- monitor cost ------------------------------------------------------------------------------
+    monitored = {m: result.probe_at(method=m) for m in result.methods}  # each at its own best layer
+    prompts = ["The capital of France is", "In 1969, the first person to walk on the moon", "My favourite recipe for bread"]
+
+    def run(with_monitor: bool, prompt: str) -> float:
+        t = time.perf_counter()
+        if with_monitor:
+            with ProbeMonitor(model, monitored) as mon:
+                out = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, verbose=False, stop_at_eos=False,
+                                     return_type="tokens")
+            assert all(v.shape[1] == new_tokens for v in mon.scores.values())
+        else:
+            out = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, verbose=False, stop_at_eos=False,
+                                 return_type="tokens")
+        elapsed = time.perf_counter() - t
+        return (out.shape[1] - len(model.tokenizer(prompt)["input_ids"])) / elapsed
+
+    run(False, prompts[0]), run(True, prompts[0])  # warm-up
+    plain, mon = [], []
+    for i in range(repeats):  # paired runs on the same prompt, order alternating
+        p = prompts[i % len(prompts)]
+        for flag in ((False, True) if i % 2 == 0 else (True, False)):
+            (mon if flag else plain).append(run(flag, p))
+    ratios = [m / p for m, p in zip(mon, plain)]
+    hook_us = _hook_cost_us(model, monitored)
+    figures = {
+        "device": str(next(model.parameters()).device), "torch_threads": torch.get_num_threads(),
+        "blas_threads": args.blas_threads, "load_s": load_s,
+        "capture": {"n": len(rows), "layers": 18, "seconds": capture_s},
+        "sweep": {"layers": len(result.layers), "methods": list(result.methods), "seconds": sweep_s,
+                  "seconds_per_layer": sweep_s / len(result.layers), "per_method": per_method,
+                  "best": {k: result.best[k] for k in ("layer", "method")}, "best_test_auroc": result.best["test"]["auroc"]},
+        "monitor": {"probes": len(monitored), "new_tokens": new_tokens, "prompts": len(prompts), "repeats": repeats,
+                    "plain_tok_s_median": statistics.median(plain), "monitored_tok_s_median": statistics.median(mon),
+                    "ratio_median": statistics.median(ratios), "ratio_iqr": _iqr(ratios),
+                    "ratio_of_medians": statistics.median(mon) / statistics.median(plain),
+                    "hook_us_per_token": hook_us, "ratios": ratios},
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(figures, indent=1))
+    print(f"model load {load_s:.1f} s; capture {len(rows)} prompts x 18 layers {capture_s:.1f} s")
+    print(f"sweep {len(result.layers)} layers x {len(result.methods)} methods (controls + bootstrap): {sweep_s:.1f} s "
+          f"({sweep_s / len(result.layers):.2f} s per layer)")
+    print(f"{'method':<10} {'fit s/layer':>12} {'controls s/layer':>17} {'total s':>8}")
+    for m, v in per_method.items():
+        print(f"{m:<10} {v['fit_s_per_layer']:>12.3f} {v['controls_s_per_layer']:>17.3f} {v['total_s']:>8.2f}")
+    mo = figures["monitor"]
+    print(f"greedy generation, {len(monitored)} probes, {new_tokens} new tokens, {repeats} paired runs: "
+          f"plain {mo['plain_tok_s_median']:.1f} tok/s, monitored {mo['monitored_tok_s_median']:.1f} tok/s, "
+          f"ratio (median of paired) {mo['ratio_median']:.3f} (IQR {mo['ratio_iqr'][0]:.3f}-{mo['ratio_iqr'][1]:.3f}), "
+          f"ratio of medians {mo['ratio_of_medians']:.3f}")
+    step_us = 1e6 / mo["plain_tok_s_median"]
+    print(f"monitor hooks alone: {hook_us:.0f} us per token ({100 * hook_us / step_us:.2f}% of a {step_us / 1e3:.0f} ms decode step)")
+    print(f"figures written to {args.json}")
+
+
+def _iqr(values: list[float]) -> list[float]:
+    q = statistics.quantiles(values, n=4)
+    return [q[0], q[2]]
+
+
+def _hook_cost_us(model, monitored, n: int = 2000) -> float:
+    """Time the monitor's own work per decoded token (its hook closures on [1, 1, d] inputs),
+    free of the generation-to-generation noise of the end-to-end ratio."""
+    from probes import ProbeMonitor
+
+    with ProbeMonitor(model, monitored) as mon:
+        fns = [fn for _, fn in mon._fwd]  # the hook functions registered for this block
+        x = torch.randn(1, 1, model.cfg.d_model)
+        for fn in fns:  # warm-up
+            fn(x)
+        t = time.perf_counter()
+        for _ in range(n):
+            for fn in fns:
+                fn(x)
+        return (time.perf_counter() - t) / n * 1e6
+
+
+if __name__ == "__main__":
+    main()
