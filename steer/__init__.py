@@ -1,3 +1,43 @@
-"""steer: steering vectors, computed from contrastive data and injected at inference (issue 4; not built yet)."""
+"""steer: steering vectors computed from contrastive data, injected during generation (per batch row,
+KV-cache correct), evaluated against their cost, calibrated, saved, and exported to llama.cpp.
 
-__all__: list[str] = []
+    v = steer.compute(model, "sentiment", layers=[6])            # mean_diff of the pairs
+    v = steer.calibrate(model, v)                                # largest coeff with KL <= 0.1 nats
+    with steer.apply(model, v, coeff=v.coeff, positions="all"):
+        model.generate(...)
+    steer.generate(model, prompts, [v1, v2, None], coeff=[4, 2, 0])   # one vector per row
+    steer.export_gguf(v, "v.gguf")
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+__all__ = [
+    "SteeringVector", "actadd", "apply", "calibrate", "compute", "export_gguf", "from_probe", "generate",
+    "import_gguf", "mean_diff", "pca", "sweep", "write_report",
+]
+
+_LAZY = {
+    "SteeringVector": "steer.vector",
+    "actadd": "steer.extract", "compute": "steer.extract", "from_probe": "steer.extract",
+    "mean_diff": "steer.extract", "pca": "steer.extract",
+    "apply": "steer.inject", "generate": "steer.inject",
+    "calibrate": "steer.evaluate", "sweep": "steer.evaluate",
+    "export_gguf": "steer.gguf_io", "import_gguf": "steer.gguf_io",
+    "write_report": "steer.report",
+}
+
+if TYPE_CHECKING:
+    from steer.inject import apply, generate
+    from steer.extract import actadd, compute, from_probe, mean_diff, pca
+    from steer.evaluate import calibrate, sweep
+    from steer.gguf_io import export_gguf, import_gguf
+    from steer.report import write_report
+    from steer.vector import SteeringVector
+
+
+def __getattr__(name: str):
+    # Lazy, so `import steer` (and the CLI's --help) does not import torch/transformer-lens.
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'steer' has no attribute {name!r}")

@@ -87,7 +87,7 @@ def capture(
 
     if (dataset is None) == (jsonl is None):
         raise typer.BadParameter("pass exactly one of --dataset or --jsonl")
-    rows = data.prompt_rows(dataset) if dataset else data.prompt_rows_from_jsonl(jsonl)
+    rows = data.prompt_rows(dataset if dataset else jsonl)
     rows = rows[:limit] if limit else rows
     m = load_model(model, device=device, dtype=dtype)
     acts = run_capture(
@@ -105,6 +105,328 @@ def datasets() -> None:
 
     for name in data.names():
         typer.echo(f"{name:<14} {len(data.load(name)):>5} records")
+
+
+edit_app = typer.Typer(help="ROME weight edits: causal traces, scripted edit/erase experiments with reports.",
+                       no_args_is_help=True, add_completion=False)
+app.add_typer(edit_app, name="edit")
+
+
+@edit_app.command("run")
+def edit_run(
+    experiment: Path = typer.Argument(..., help="A .jsonl of edits (one per line) or a .json/.toml spec."),
+    out: Path = typer.Option(Path("runs/edit"), "--out", "-o", help="Report directory (report.html + report.json)."),
+    mode: Optional[str] = typer.Option(None, help="rewrite (default) or erase."),
+    stacked: Optional[bool] = typer.Option(None, "--stacked/--one-at-a-time", help="Apply all edits together, or each reverted before the next (default)."),
+    layer: Optional[int] = typer.Option(None, help="Block whose MLP is edited (default: a quarter of the way up)."),
+    corpus: Optional[Path] = typer.Option(None, help="Text or JSONL file for the key covariance (default: text sampled from the model)."),
+    n_tokens: Optional[int] = typer.Option(None, help="Covariance token budget."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="'gemma-3-270m' (default), an HF directory, a .gguf file or a hub id."),
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Apply a list of edits or erasures, evaluate before/after, write one report."""
+    from editing.experiment import load_spec, run_experiment
+    from steerlens.models import load_model
+
+    spec = load_spec(experiment)
+    m = load_model(model or spec.get("model", "gemma-3-270m"), device=device, dtype=dtype)
+    report = run_experiment(spec, model=m, out=out, progress=progress, mode=mode, stacked=stacked, layer=layer,
+                            corpus=str(corpus) if corpus else None, n_tokens=n_tokens)
+    summary = {"out": str(out / "report.html"), "mode": report.mode, "layer": report.layer,
+               "before": report.before.summary(), "after": report.after.summary()}
+    typer.echo(json.dumps(summary, indent=1, default=str))
+
+
+@edit_app.command("trace")
+def edit_trace(
+    prompt: str = typer.Argument(..., help="The prompt, e.g. 'The Eiffel Tower is located in the city of'."),
+    subject: str = typer.Option(..., "--subject", "-s", help="The subject inside the prompt."),
+    target: Optional[str] = typer.Option(None, help="The object (default: the model's top-1 next token)."),
+    out: Path = typer.Option(Path("runs/trace.html"), "--out", "-o", help="HTML file (a .json sidecar is written too)."),
+    kinds: str = typer.Option("resid,mlp,attn", help="Comma-separated: resid, mlp, attn."),
+    samples: int = typer.Option(5, help="Noise samples averaged."),
+    noise: float = typer.Option(3.0, help="Noise std as a multiple of the embedding std."),
+    window: Optional[int] = typer.Option(None, help="Layers restored together for mlp/attn."),
+    seed: int = typer.Option(0),
+    model: str = MODEL,
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Causal trace (ROME §2): heatmaps token × layer and the curve at the last subject token."""
+    from editing.tracing import causal_trace
+    from steerlens.io import write_json
+    from steerlens.models import load_model
+
+    m = load_model(model, device=device, dtype=dtype)
+    tr = causal_trace(m, prompt, subject, target=target, kinds=[k.strip() for k in kinds.split(",") if k.strip()],
+                      samples=samples, noise=noise, window=window, seed=seed, progress=progress)
+    tr.save_html(out)
+    write_json(out.with_suffix(".json"), tr.to_dict())
+    typer.echo(json.dumps({"out": str(out), "target": tr.target, "p_clean": tr.p_clean, "p_corrupt": tr.p_corrupt,
+                           "last_subject_curve": tr.last_subject_curve()}, indent=1))
+
+
+# -- steer: steering vectors (issue 4) ------------------------------------------------------------
+steer_app = typer.Typer(help="Steering vectors: compute, calibrate, sweep, generate, export to llama.cpp.",
+                        no_args_is_help=True)
+app.add_typer(steer_app, name="steer")
+
+
+def _steer_vector(path: Path):
+    from steer.gguf_io import import_gguf
+    from steer.vector import SteeringVector
+
+    if not path.is_file():
+        raise typer.BadParameter(f"no vector file at {path}")
+    return import_gguf(path) if path.suffix.lower() == ".gguf" else SteeringVector.load(path)
+
+
+def _positions(spec: str):
+    if spec in ("all", "prompt", "generated"):
+        return spec
+    try:
+        return [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--positions takes all, prompt, generated or comma-separated ints, got {spec!r}") from None
+
+
+def _floats(spec: str, name: str) -> list[float]:
+    try:
+        return [float(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{name} takes comma-separated numbers, got {spec!r}") from None
+
+
+@steer_app.command("compute")
+def steer_compute(
+    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file."),
+    dataset: str = typer.Option("sentiment", "--dataset", "-d", help="A shipped dataset of contrastive pairs."),
+    layers: str = typer.Option(..., help="Comma-separated layer indices (block outputs)."),
+    method: str = typer.Option("mean_diff", help="mean_diff or pca."),
+    pool: str = typer.Option("mean", help="Pool each sentence's activations: mean or last."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Also calibrate the coefficient on neutral text."),
+    kl_budget: float = typer.Option(0.1, help="KL budget (nats) for --calibrate."),
+    batch_size: int = typer.Option(16, help="Prompts per forward pass."),
+    model: str = MODEL,
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+) -> None:
+    """Compute a steering vector from a shipped contrastive dataset."""
+    import steer
+    from steerlens.models import load_model
+
+    m = load_model(model, device=device, dtype=dtype)
+    v = steer.compute(m, dataset, layers=_layers(layers), method=method, pool=pool, batch_size=batch_size)
+    if calibrate:
+        v = steer.calibrate(m, v, kl_budget=kl_budget)
+    v.save(out)
+    typer.echo(json.dumps({"out": str(out), "layers": v.layers, "norms": v.norms(), "coeff": v.coeff}, indent=1))
+
+
+@steer_app.command("calibrate")
+def steer_calibrate(
+    vector: Path = typer.Argument(..., help="A .safetensors (or .gguf) vector."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write (default: overwrite the input)."),
+    kl_budget: Optional[float] = typer.Option(0.1, help="Mean KL budget on neutral text, nats."),
+    ppl_budget: Optional[float] = typer.Option(None, help="Perplexity-ratio budget, e.g. 1.1."),
+    op: str = typer.Option("add", help="add or add_norm."),
+    force: bool = typer.Option(False, help="Accept a vector computed on another model (same width)."),
+    model: str = MODEL,
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+) -> None:
+    """Find the largest coefficient within the budget and store it in the vector."""
+    import steer
+    from steerlens.models import load_model
+
+    v = _steer_vector(vector)
+    m = load_model(model, device=device, dtype=dtype)
+    v = steer.calibrate(m, v, kl_budget=kl_budget, ppl_budget=ppl_budget, op=op, force=force)
+    target = out or (vector if vector.suffix != ".gguf" else vector.with_suffix(".safetensors"))
+    v.save(target)
+    cal = v.info["calibration"]
+    typer.echo(json.dumps({"out": str(target), "coeff": v.coeff, "kl": cal["kl"], "ppl_ratio": cal["ppl_ratio"]}, indent=1))
+
+
+@steer_app.command("sweep")
+def steer_sweep(
+    vector: Path = typer.Option(..., "--vector", "-v", help="A .safetensors (or .gguf) vector."),
+    out: Path = typer.Option(..., "--out", "-o", help="Report directory (report.html + report.json)."),
+    coeffs: str = typer.Option("0,1,2,4,8", help="Comma-separated coefficients."),
+    prompt: Optional[list[str]] = typer.Option(None, "--prompt", "-p", help="Generation prompt (repeatable; default: neutral openings)."),
+    behaviour: str = typer.Option("auto", help="probe (a logistic probe on the vector's dataset), logit-diff, none, or auto (probe when the vector names a dataset)."),
+    probe_layer: Optional[int] = typer.Option(None, help="Layer of the behaviour probe (default: the vector's first layer)."),
+    target: Optional[list[str]] = typer.Option(None, help="logit-diff: tokens that count for the behaviour (repeatable)."),
+    against: Optional[list[str]] = typer.Option(None, help="logit-diff: tokens that count against it (repeatable)."),
+    op: str = typer.Option("add", help="add, ablate, clamp or add_norm."),
+    positions: str = typer.Option("all", help="all, prompt, generated or comma-separated token indices."),
+    max_new_tokens: int = typer.Option(20, help="Tokens to generate per prompt."),
+    control: bool = typer.Option(True, help="Also sweep a random vector of the same norm."),
+    seed: int = typer.Option(0, help="Seed of the random control."),
+    force: bool = typer.Option(False, help="Accept a vector computed on another model (same width)."),
+    model: str = MODEL,
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Behaviour vs cost (KL, perplexity) over coefficients, with a random control: HTML + JSON report."""
+    import steer
+    from steer.evaluate import NEUTRAL_OPENINGS, LogitDiff, ProbeScore
+    from steerlens.models import load_model
+
+    v = _steer_vector(vector)
+    m = load_model(model, device=device, dtype=dtype)
+    if behaviour == "auto":
+        behaviour = "logit-diff" if target else ("probe" if v.dataset else "none")
+    if behaviour == "probe":
+        if not v.dataset:
+            raise typer.BadParameter("--behaviour probe needs a vector computed from a shipped dataset")
+        layer = probe_layer if probe_layer is not None else v.layers[0]
+        scorer = ProbeScore(_dataset_probe(m, v.dataset, layer, v.info.get("pool", "mean")), layer,
+                            pool=v.info.get("pool", "mean"), name=f"P(positive) probe@{layer}")
+    elif behaviour == "logit-diff":
+        if not target or not against:
+            raise typer.BadParameter("--behaviour logit-diff needs --target and --against tokens")
+        scorer = LogitDiff(positive=list(target), negative=list(against))
+    elif behaviour == "none":
+        scorer = None
+    else:
+        raise typer.BadParameter(f"--behaviour must be auto, probe, logit-diff or none, got {behaviour!r}")
+    res = steer.sweep(m, v, _floats(coeffs, "--coeffs"), list(prompt) if prompt else NEUTRAL_OPENINGS,
+                      behaviour=scorer, op=op, positions=_positions(positions), max_new_tokens=max_new_tokens,
+                      control=control, seed=seed, force=force, progress=progress)
+    steer.write_report(res, out)
+    rows = [{"run": name, "coeff": p.coeff, "behaviour": p.behaviour, "kl": p.kl, "ppl_ratio": p.ppl_ratio}
+            for name, pts in (("vector", res.points), ("control", res.control)) for p in pts]
+    typer.echo(json.dumps({"out": str(out), "points": rows}, indent=1))
+
+
+def _dataset_probe(m, dataset: str, layer: int, pool: str):
+    """A logistic probe separating the dataset's positive from its negative sentences."""
+    from probes import LogisticProbe
+    from steerlens import data
+    from steerlens.capturing import capture
+
+    pairs = data.load(dataset)
+    texts = [p.positive for p in pairs] + [p.negative for p in pairs]
+    labels = [1] * len(pairs) + [0] * len(pairs)
+    acts = capture(m, texts, "resid_post", layers=[layer], pool=pool, labels=labels, progress=False)
+    return LogisticProbe().fit(acts.numpy(acts.hooks[0]), acts.labels)
+
+
+@steer_app.command("generate")
+def steer_generate(
+    prompts: list[str] = typer.Argument(..., help="One or more prompts."),
+    vector: Path = typer.Option(..., "--vector", "-v", help="A .safetensors (or .gguf) vector."),
+    coeff: Optional[float] = typer.Option(None, help="Coefficient (default: the calibrated one, else 1)."),
+    layers: Optional[str] = typer.Option(None, help="Comma-separated layers (default: the vector's)."),
+    op: str = typer.Option("add", help="add, ablate, clamp or add_norm."),
+    positions: str = typer.Option("all", help="all, prompt, generated or comma-separated token indices."),
+    max_new_tokens: int = typer.Option(30, help="Tokens to generate."),
+    sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature."),
+    seed: Optional[int] = typer.Option(None, help="Sampling seed."),
+    compare: bool = typer.Option(False, "--compare", help="Also print the unsteered continuation."),
+    force: bool = typer.Option(False, help="Accept a vector computed on another model (same width)."),
+    model: str = MODEL,
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+) -> None:
+    """Generate with a steering vector applied."""
+    import steer
+    from steerlens.models import load_model
+
+    v = _steer_vector(vector)
+    m = load_model(model, device=device, dtype=dtype)
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, seed=seed)
+    steered = steer.generate(m, list(prompts), v, coeff=coeff, layers=_layers(layers), op=op,
+                             positions=_positions(positions), force=force, **kw)
+    plain = steer.generate(m, list(prompts), None, **kw) if compare else None
+    for i, p in enumerate(prompts):
+        typer.echo(f"{p}{steered[i]}")
+        if plain is not None:
+            typer.echo(f"  (unsteered) {p}{plain[i]}")
+
+
+@steer_app.command("export-gguf")
+def steer_export_gguf(
+    vector: Path = typer.Argument(..., help="A .safetensors vector."),
+    out: Path = typer.Argument(..., help="Output .gguf (llama.cpp --control-vector-scaled OUT COEFF)."),
+    model_hint: Optional[str] = typer.Option(None, help="controlvector.model_hint (default: the model type)."),
+) -> None:
+    """Export a vector as a llama.cpp control vector (direction.N = output of block N)."""
+    from steer.gguf_io import export_gguf
+
+    v = _steer_vector(vector)
+    try:
+        export_gguf(v, out, model_hint=model_hint)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    typer.echo(json.dumps({"out": str(out), "layers": v.layers, "coeff": v.coeff}, indent=1))
+
+
+@steer_app.command("import-gguf")
+def steer_import_gguf(
+    path: Path = typer.Argument(..., help="A control-vector .gguf (steerlens, llama.cpp or repeng)."),
+    out: Path = typer.Argument(..., help="Output .safetensors."),
+) -> None:
+    """Convert a GGUF control vector to a steerlens vector."""
+    v = _steer_vector(path)
+    v.save(out)
+    typer.echo(json.dumps({"out": str(out), "layers": v.layers, "model": v.model_name}, indent=1))
+
+
+# -- probe: linear probes (issue 3) ----------------------------------------------------------------
+@app.command()
+def probe(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="A shipped dataset with binary labels: truthfulness, harmfulness or sentiment."),
+    hook: str = typer.Option("resid_post", help="Hook shorthand swept over the layers (resid_post, resid_mid, attn_out, mlp_out)."),
+    layers: Optional[str] = typer.Option(None, help="'all' (default) or comma-separated layer indices."),
+    methods: str = typer.Option("logistic,mean_diff,lda", help="Comma-separated probe methods."),
+    pool: str = typer.Option("last", help="Token pooling per prompt: last or mean."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory (default: runs/probe-DATASET)."),
+    by: Optional[str] = typer.Option(None, help="Row field for the generalisation matrix (default: 'family' if the dataset has it; 'none' skips it)."),
+    seed: int = typer.Option(0, help="Seed of the grouped split, the controls and the bootstrap."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
+    batch_size: int = typer.Option(16, help="Prompts per forward pass."),
+    model: str = MODEL,
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Sweep probes over every layer of a dataset: report.html, report.json and probe.safetensors in --out."""
+    from probes import generalization_matrix, labelled_rows, sweep_layers, write_report
+    from steerlens import data
+    from steerlens.capturing import capture as run_capture
+    from steerlens.models import load_model
+
+    if pool not in ("last", "mean"):
+        raise typer.BadParameter(f"--pool takes 'last' or 'mean', got {pool!r}")
+    try:
+        rows = labelled_rows(dataset)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    rows = rows[:limit] if limit else rows
+    out = out or Path("runs") / f"probe-{dataset}"
+    m = load_model(model, device=device, dtype=dtype)
+    acts = run_capture(m, [r["prompt"] for r in rows], hook, layers=_layers(layers), pool=pool, rows=rows,
+                       batch_size=batch_size, progress=progress)
+    result = sweep_layers(acts, methods=[x.strip() for x in methods.split(",") if x.strip()], hook=hook, seed=seed,
+                          dataset=dataset, dataset_hash=data.digest(dataset), progress=progress)
+    by = ("family" if all("family" in r for r in rows) else None) if by is None else (None if by == "none" else by)
+    gen = None
+    if by and len({str(r.get(by)) for r in rows}) > 1:
+        gen = generalization_matrix(acts, by=by, layer=result.best["layer"], hook=hook, method=result.best["method"], seed=seed)
+    paths = write_report(out, result, generalization=gen, acts=acts)
+    b = result.best
+    typer.echo(json.dumps({
+        "out": {k: str(v) for k, v in paths.items()}, "best": {"layer": b["layer"], "method": b["method"], "hook": b["hook"]},
+        "val_auroc": b["val"]["auroc"], "test": {k: b["test"][k] for k in ("auroc", "auroc_ci", "accuracy", "tpr_at_1pct_fpr", "ece")},
+        "control": b["control"], "generalization": gen.to_dict() if gen is not None else None,
+    }, indent=1))
 
 
 def main() -> None:

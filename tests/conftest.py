@@ -20,3 +20,31 @@ def gemma():
     model("warm up")
     return model
 
+
+def _capture_dataset(model, name: str):
+    """Last-token ``resid_post`` at every layer for every row of a shipped dataset (labels, groups
+    and families kept in the rows)."""
+    import torch
+
+    from probes import labelled_rows
+
+    rows = labelled_rows(name)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster
+    try:
+        return steerlens.capture(model, [r["prompt"] for r in rows], "resid_post", pool="last", rows=rows,
+                                 batch_size=32, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def gemma_truth_acts(gemma):
+    """Gemma activations of the truthfulness statements, captured once per session."""
+    return _capture_dataset(gemma, "truthfulness")
+
+
+@pytest.fixture(scope="session")
+def gemma_harm_acts(gemma):
+    """Gemma activations of the harmfulness instructions, captured once per session."""
+    return _capture_dataset(gemma, "harmfulness")

@@ -1,0 +1,370 @@
+"""What steering buys and what it costs: ``sweep`` (behaviour, KL, perplexity and samples per
+coefficient, with a random same-norm control) and ``calibrate`` (the largest coefficient within
+a KL / perplexity budget on neutral text).
+
+Cost is measured on neutral text with steering at every real position: KL(p_base ‖ p_steered)
+of the next-token distributions, averaged over positions, and the perplexity of the text.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from steer.inject import Positions, Site, Steering, generate
+from steer.operators import Op
+from steer.vector import SteeringVector
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+#: short, plain sentences without sentiment, for measuring what steering costs
+NEUTRAL_TEXTS: tuple[str, ...] = (
+    "The library opens at nine in the morning and closes at six in the evening.",
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "The train to the city leaves from the second platform every half hour.",
+    "Most houses on the street have two floors and a small garden at the back.",
+    "The report lists the number of visitors for each month of the year.",
+    "Paris is the capital of France and lies on the river Seine.",
+    "The meeting was moved from Tuesday to Thursday afternoon.",
+    "A week has seven days and a year usually has three hundred and sixty-five.",
+    "The recipe uses flour, sugar, two eggs and a cup of milk.",
+    "He parked the car in front of the building and walked to the entrance.",
+    "The museum has a collection of maps from the eighteenth century.",
+    "Each chapter of the manual describes one part of the machine.",
+)
+
+#: neutral openings for generation
+NEUTRAL_OPENINGS: tuple[str, ...] = (
+    "I went to the store and",
+    "Today the weather",
+    "Yesterday my neighbour",
+    "The meeting this morning",
+    "When I opened the door",
+    "The new restaurant in town",
+    "My trip to the city",
+    "The book I am reading",
+    "Last weekend we",
+    "The film started and",
+    "At the office today",
+    "The train was",
+)
+
+
+@dataclass(frozen=True)
+class LogitDiff:
+    """Behaviour = mean logit of ``positive`` tokens − mean logit of ``negative`` tokens at the
+    next-token position of each prompt (under steering; no generation). Tokens are strings
+    (each must be one token, e.g. ``" happy"``) or ids."""
+
+    positive: Sequence[str | int]
+    negative: Sequence[str | int]
+    name: str = "logit_diff"
+
+
+@dataclass(frozen=True)
+class ProbeScore:
+    """Behaviour = ``probe.predict_proba(...)[:, 1]`` on the unsteered model's ``resid_post``
+    activations at ``layer`` of each generated continuation (pooled with ``pool``)."""
+
+    probe: Any
+    layer: int
+    pool: Literal["last", "mean"] = "mean"
+    name: str = "probe"
+
+
+Behaviour = Callable[[list[str]], Sequence[float]] | LogitDiff | ProbeScore | None
+
+
+@dataclass(frozen=True)
+class Cost:
+    kl: float  # mean KL(p_base ‖ p_steered) per position, nats
+    ppl: float
+    ppl_ratio: float  # ppl / unsteered ppl
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    coeff: float
+    behaviour: float | None
+    kl: float
+    ppl: float
+    ppl_ratio: float
+    samples: tuple[str, ...] = ()
+    scores: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    points: tuple[SweepPoint, ...]
+    control: tuple[SweepPoint, ...]
+    baseline_ppl: float
+    behaviour: str
+    prompts: tuple[str, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def figure(self):
+        from steer.plots import tradeoff_figure
+
+        return tradeoff_figure(self)
+
+
+# -- cost ---------------------------------------------------------------------------------------
+class _Baseline:
+    """Unsteered next-token log-probs on the neutral texts, computed once per sweep/calibration."""
+
+    def __init__(self, model, texts: Sequence[str], batch_size: int):
+        from steerlens.tokens import check_prompts, tokenize
+
+        self.model = model
+        texts = check_prompts(list(texts))
+        device = next(model.parameters()).device
+        self.batches = []
+        for i in range(0, len(texts), batch_size):
+            ids, mask, _ = tokenize(model, texts[i : i + batch_size], padding_side="right")
+            self.batches.append((ids.to(device), mask.to(device)))
+        self.logp = [self._logp(ids, mask) for ids, mask in self.batches]
+        self.ppl = self._ppl(self.logp)
+
+    def _logp(self, ids, mask) -> torch.Tensor:
+        with torch.inference_mode():
+            logits = self.model(ids, attention_mask=mask, return_type="logits")
+        return torch.log_softmax(logits.float(), -1)[mask.bool()]  # [real positions, vocab]
+
+    def _ppl(self, logps) -> float:
+        nll, n = 0.0, 0
+        for logp, (ids, mask) in zip(logps, self.batches):
+            # next-token targets: within each row, real position t predicts real token t + 1
+            m = mask.bool()
+            lengths = m.sum(-1).tolist()
+            targets, rows, offset = [], [], 0
+            for r, length in enumerate(lengths):
+                rows.extend(range(offset, offset + length - 1))
+                targets.extend(ids[r, 1:length].tolist())
+                offset += length
+            if rows:
+                nll -= float(logp[rows, targets].sum())
+                n += len(rows)
+        return math.exp(nll / max(n, 1))
+
+    def cost(self, steering: Steering | None) -> Cost:
+        if steering is None:
+            return Cost(0.0, self.ppl, 1.0)
+        kl_sum, n, logps = 0.0, 0, []
+        with steering:
+            for (ids, mask), base in zip(self.batches, self.logp):
+                logp = self._logp(ids, mask)
+                kl_sum += float((base.exp() * (base - logp)).sum())
+                n += base.shape[0]
+                logps.append(logp)
+        ppl = self._ppl(logps)
+        return Cost(kl_sum / max(n, 1), ppl, ppl / self.ppl)
+
+
+def steering_cost(model: "TransformerBridge", vector: SteeringVector, coeff: float, *,
+                  texts: Sequence[str] = NEUTRAL_TEXTS, layers=None, op: Op = "add",
+                  sites: Site | Sequence[Site] = "resid_post", batch_size: int = 8, force: bool = False) -> Cost:
+    """KL and perplexity of neutral ``texts`` steered with ``coeff·vector`` at every position."""
+    base = _Baseline(model, texts, batch_size)
+    return base.cost(Steering(model, vector, coeff=coeff, layers=layers, op=op, sites=sites, force=force))
+
+
+# -- sweep --------------------------------------------------------------------------------------
+def sweep(model: "TransformerBridge", vector: SteeringVector, coeffs: Sequence[float],
+          prompts: Sequence[str] = NEUTRAL_OPENINGS, *, behaviour: Behaviour = None,
+          neutral: Sequence[str] = NEUTRAL_TEXTS, layers=None, op: Op = "add", positions: Positions = "all",
+          sites: Site | Sequence[Site] = "resid_post", control: bool = True, max_new_tokens: int = 20,
+          do_sample: bool = False, seed: int = 0, batch_size: int = 8, force: bool = False,
+          progress: bool = True) -> SweepResult:
+    """For each coefficient: behaviour score (mean over ``prompts``), KL and perplexity on
+    ``neutral`` text, and the generations. ``control=True`` repeats it with a random vector of the
+    same norm per layer (``vector.random_like(seed)``)."""
+    from tqdm.auto import tqdm
+
+    coeffs = [float(c) for c in coeffs]
+    if not coeffs:
+        raise ValueError("coeffs is empty")
+    if not all(math.isfinite(c) for c in coeffs):
+        raise ValueError(f"coeffs must be finite, got {coeffs}")
+    vector.check_compatible(model, force=force)
+    prompts = list(prompts)
+    base = _Baseline(model, neutral, batch_size)
+    kw = dict(layers=layers, op=op, sites=sites, force=force)
+    runs = [("vector", vector)] + ([("control", vector.random_like(seed))] if control else [])
+    out: dict[str, list[SweepPoint]] = {name: [] for name, _ in runs}
+    bar = tqdm(total=len(coeffs) * len(runs), desc="sweep", unit="coeff", disable=not progress)
+    for name, vec in runs:
+        for c in coeffs:
+            steering = Steering(model, vec, coeff=c, **kw) if c != 0 else None
+            cost = base.cost(steering)
+            texts = generate(model, prompts, vec if c != 0 else None, coeff=c, positions=positions,
+                             max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
+                             batch_size=batch_size, **kw)
+            scores = _behaviour(model, behaviour, prompts, texts, vec, c, kw, batch_size)
+            out[name].append(SweepPoint(
+                coeff=c, behaviour=None if scores is None else float(sum(scores) / len(scores)),
+                kl=cost.kl, ppl=cost.ppl, ppl_ratio=cost.ppl_ratio, samples=tuple(texts),
+                scores=tuple(scores or ())))
+            bar.update()
+    bar.close()
+    meta = {"vector": {k: v for k, v in vector.metadata().items() if k != "info"}, "op": op,
+            "positions": positions if isinstance(positions, str) else list(positions),
+            "layers": layers if layers is not None else vector.layers, "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample, "seed": seed, "neutral_texts": list(neutral)}
+    return SweepResult(tuple(out["vector"]), tuple(out.get("control", ())), base.ppl,
+                       _behaviour_name(behaviour), tuple(prompts), meta)
+
+
+def _behaviour_name(b: Behaviour) -> str:
+    if b is None:
+        return "none"
+    return getattr(b, "name", None) or getattr(b, "__name__", None) or type(b).__name__
+
+
+def _behaviour(model, behaviour, prompts, texts, vec, c, kw, batch_size) -> list[float] | None:
+    if behaviour is None:
+        return None
+    if isinstance(behaviour, LogitDiff):
+        steering = Steering(model, vec, coeff=c, **kw) if c != 0 else None
+        return logit_diff(model, prompts, behaviour, steering=steering, batch_size=batch_size)
+    scored = [t if t.strip() else p + t for p, t in zip(prompts, texts)]
+    if isinstance(behaviour, ProbeScore):
+        from steerlens.capturing import capture
+
+        acts = capture(model, scored, "resid_post", layers=[behaviour.layer], pool=behaviour.pool,
+                       batch_size=batch_size, progress=False)
+        proba = behaviour.probe.predict_proba(acts.numpy(acts.hooks[0]))
+        return [float(p) for p in proba[:, 1]]
+    if callable(behaviour):
+        scores = behaviour(list(scored))
+        scores = [float(scores)] * len(texts) if isinstance(scores, (int, float)) else [float(s) for s in scores]
+        if len(scores) != len(texts):
+            raise ValueError(f"the behaviour function returned {len(scores)} scores for {len(texts)} texts")
+        return scores
+    raise TypeError(f"behaviour must be a callable, LogitDiff, ProbeScore or None, got {type(behaviour).__name__}")
+
+
+def logit_diff(model: "TransformerBridge", prompts: Sequence[str], target: LogitDiff, *,
+               steering: Steering | None = None, batch_size: int = 8) -> list[float]:
+    """Per prompt: mean logit of ``target.positive`` − mean logit of ``target.negative`` at the
+    next-token position (left-padded, so the last column is every prompt's last token)."""
+    from steerlens.tokens import check_prompts, tokenize
+
+    pos, neg = _token_ids(model, target.positive), _token_ids(model, target.negative)
+    prompts = check_prompts(list(prompts))
+    device = next(model.parameters()).device
+    out: list[float] = []
+    ctx = steering if steering is not None else _Null()
+    with ctx, torch.inference_mode():
+        for i in range(0, len(prompts), batch_size):
+            ids, mask, _ = tokenize(model, prompts[i : i + batch_size], padding_side="left")
+            logits = model(ids.to(device), attention_mask=mask.to(device), return_type="logits")[:, -1].float()
+            out += (logits[:, pos].mean(-1) - logits[:, neg].mean(-1)).tolist()
+    return out
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def _token_ids(model, tokens: Sequence[str | int]) -> list[int]:
+    if isinstance(tokens, (str, int)):
+        tokens = [tokens]
+    ids = []
+    for t in tokens:
+        if isinstance(t, int):
+            ids.append(t)
+            continue
+        enc = model.tokenizer(t, add_special_tokens=False)["input_ids"]
+        if len(enc) != 1:
+            raise ValueError(f"{t!r} is {len(enc)} tokens; LogitDiff needs single tokens")
+        ids.append(enc[0])
+    if not ids:
+        raise ValueError("LogitDiff needs at least one positive and one negative token")
+    return ids
+
+
+# -- calibrate ----------------------------------------------------------------------------------
+def calibrate(model: "TransformerBridge", vector: SteeringVector, *, kl_budget: float | None = 0.1,
+              ppl_budget: float | None = None, texts: Sequence[str] = NEUTRAL_TEXTS, layers=None,
+              op: Literal["add", "add_norm"] = "add", sites: Site | Sequence[Site] = "resid_post",
+              start: float = 0.25, max_coeff: float = 256.0, steps: int = 6, batch_size: int = 8,
+              force: bool = False) -> SteeringVector:
+    """The largest coefficient whose mean KL on neutral ``texts`` stays <= ``kl_budget`` nats (and/or
+    whose perplexity ratio stays <= ``ppl_budget``), stored in the returned vector's ``coeff``
+    with the search details in ``info["calibration"]``.
+
+    Doubles from ``start`` until the budget is exceeded (halves if ``start`` already exceeds
+    it), then bisects in log space for ``steps`` steps. KL grows with the coefficient but is not
+    guaranteed monotone, so the result is the largest coefficient *tried* within budget.
+    """
+    if kl_budget is None and ppl_budget is None:
+        raise ValueError("give kl_budget and/or ppl_budget")
+    for name, b in (("kl_budget", kl_budget), ("ppl_budget", ppl_budget)):
+        if b is not None and not (math.isfinite(b) and b > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {b}")
+    if ppl_budget is not None and ppl_budget <= 1:
+        raise ValueError(f"ppl_budget is a perplexity ratio and must be > 1, got {ppl_budget}")
+    if op not in ("add", "add_norm"):
+        raise ValueError(f"calibrate searches a coefficient for op 'add' or 'add_norm', got {op!r}")
+    if not (math.isfinite(start) and start > 0 and math.isfinite(max_coeff) and max_coeff >= start):
+        raise ValueError(f"need 0 < start <= max_coeff, got start={start}, max_coeff={max_coeff}")
+    vector.check_compatible(model, force=force)
+    base = _Baseline(model, texts, batch_size)
+    tried: list[dict[str, float]] = []
+
+    def ok(c: float) -> bool:
+        cost = base.cost(Steering(model, vector, coeff=c, layers=layers, op=op, sites=sites, force=force))
+        good = (kl_budget is None or cost.kl <= kl_budget) and (ppl_budget is None or cost.ppl_ratio <= ppl_budget)
+        tried.append({"coeff": c, "kl": cost.kl, "ppl_ratio": cost.ppl_ratio, "ok": good})
+        return good
+
+    lo, hi = None, None
+    c = start
+    if ok(c):
+        lo = c
+        while c < max_coeff:
+            c = min(c * 2, max_coeff)
+            if ok(c):
+                lo = c
+            else:
+                hi = c
+                break
+    else:
+        hi = c
+        while c > start / 1024:
+            c /= 2
+            if ok(c):
+                lo = c
+                break
+            hi = c
+    if lo is None:
+        raise ValueError(f"even coefficient {c:g} exceeds the budget: the vector is too strong for this model")
+    if hi is None:
+        warnings.warn(f"calibrate: max_coeff={max_coeff} is still within budget; returning it", stacklevel=2)
+    else:
+        for _ in range(steps):
+            mid = math.sqrt(lo * hi)
+            if ok(mid):
+                lo = mid
+            else:
+                hi = mid
+    best = max(t["coeff"] for t in tried if t["ok"])
+    details = {"kl_budget": kl_budget, "ppl_budget": ppl_budget, "op": op, "n_texts": len(texts),
+               "layers": vector.layers if layers is None else layers,
+               "sites": [sites] if isinstance(sites, str) else list(sites),
+               "baseline_ppl": base.ppl, "tried": sorted(tried, key=lambda t: t["coeff"]),
+               **{k: v for k, v in next(t for t in tried if t["coeff"] == best).items() if k in ("kl", "ppl_ratio")}}
+    return vector.with_coeff(best, calibration=details)

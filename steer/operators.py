@@ -1,0 +1,65 @@
+"""Steering operators: pure tensor functions on residual activations ``h [..., d]``.
+
+``v`` broadcasts against ``h`` (``[d]``, or ``[batch, 1, d]`` for one vector per row) and so do
+the coefficients (a float, or ``[batch, 1, 1]``). ``v̂ = v / ‖v‖``; a zero ``v`` leaves ``h``
+unchanged under every operator (so a row without a vector is simply not steered).
+Projections are computed in float32 and cast back to ``h``'s dtype (bf16-safe).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import torch
+from jaxtyping import Float
+
+Op = Literal["add", "ablate", "clamp", "add_norm"]
+OPS: tuple[str, ...] = get_args(Op)
+
+
+def unit(v: Float[torch.Tensor, "... d"]) -> Float[torch.Tensor, "... d"]:
+    """``v / ‖v‖`` in float32, with zero vectors left at zero."""
+    v = v.float()
+    norm = v.norm(dim=-1, keepdim=True)
+    return torch.where(norm > 0, v / norm.clamp_min(1e-12), torch.zeros_like(v))
+
+
+def add(h: Float[torch.Tensor, "... d"], v: Float[torch.Tensor, "... d"], a: float | torch.Tensor = 1.0) -> Float[torch.Tensor, "... d"]:
+    """Activation addition: ``h ← h + a·v`` (ActAdd, CAA)."""
+    return h + (a * v).to(h.dtype)
+
+
+def ablate(h: Float[torch.Tensor, "... d"], v: Float[torch.Tensor, "... d"]) -> Float[torch.Tensor, "... d"]:
+    """Directional ablation: ``h ← h − (h·v̂)v̂`` (Arditi et al. 2024, arXiv:2406.11717, eq. 4)."""
+    u = unit(v)
+    proj = (h.float() * u).sum(-1, keepdim=True)
+    return (h.float() - proj * u).type_as(h)
+
+
+def clamp(h: Float[torch.Tensor, "... d"], v: Float[torch.Tensor, "... d"], c: float | torch.Tensor = 0.0) -> Float[torch.Tensor, "... d"]:
+    """Set the projection on ``v̂`` to ``c``: ``h ← h + (c − h·v̂)v̂``."""
+    u = unit(v)
+    proj = (h.float() * u).sum(-1, keepdim=True)
+    c = c.float() if isinstance(c, torch.Tensor) else c
+    return (h.float() + (c - proj) * u).type_as(h)
+
+
+def add_norm(h: Float[torch.Tensor, "... d"], v: Float[torch.Tensor, "... d"], a: float | torch.Tensor = 1.0) -> Float[torch.Tensor, "... d"]:
+    """Norm-matched addition: ``h ← h + a·‖h‖·v̂`` (``a`` is a fraction of each position's norm)."""
+    u = unit(v)
+    norm = h.float().norm(dim=-1, keepdim=True)
+    a = a.float() if isinstance(a, torch.Tensor) else a
+    return (h.float() + a * norm * u).type_as(h)
+
+
+def apply_op(op: Op, h: torch.Tensor, v: torch.Tensor, coeff: float | torch.Tensor) -> torch.Tensor:
+    """Dispatch by name (``ablate`` ignores ``coeff``)."""
+    if op == "add":
+        return add(h, v, coeff)
+    if op == "ablate":
+        return ablate(h, v)
+    if op == "clamp":
+        return clamp(h, v, coeff)
+    if op == "add_norm":
+        return add_norm(h, v, coeff)
+    raise ValueError(f"op must be one of {OPS}, got {op!r}")

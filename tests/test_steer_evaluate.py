@@ -1,0 +1,112 @@
+"""sweep, calibrate, costs and reports on the tiny model."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import steer
+from steer.evaluate import LogitDiff, logit_diff, steering_cost
+from steer.vector import SteeringVector
+
+TEXTS = ["the cat sat on the mat.", "a b c d e f g", "hello world, this is a test"]
+PROMPTS = ["once upon", "the dog", "hi"]
+
+
+@pytest.fixture(scope="module")
+def vec():
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(64, generator=g)
+    return SteeringVector({1: v / v.norm()}, method="test")
+
+
+def test_cost_grows_with_the_coefficient(tiny, vec):
+    zero = steering_cost(tiny, vec, 0.0, texts=TEXTS)
+    assert zero.kl == pytest.approx(0.0, abs=1e-6) and zero.ppl_ratio == pytest.approx(1.0, abs=1e-6)
+    kls = [steering_cost(tiny, vec, c, texts=TEXTS).kl for c in (0.5, 2.0, 8.0)]
+    assert 0 < kls[0] < kls[1] < kls[2]
+
+
+def test_sweep_with_a_function_and_a_control(tiny, vec):
+    calls = []
+
+    def count_a(texts):
+        calls.append(list(texts))
+        return [t.count("a") / max(len(t), 1) for t in texts]
+
+    res = steer.sweep(tiny, vec, [0.0, 1.0, 4.0], PROMPTS, behaviour=count_a, neutral=TEXTS,
+                      max_new_tokens=5, progress=False)
+    assert [p.coeff for p in res.points] == [0.0, 1.0, 4.0]
+    assert len(res.control) == 3 and res.behaviour == "count_a"
+    assert res.points[0].kl == 0 and res.points[0].ppl_ratio == 1
+    assert res.points[2].kl > res.points[1].kl > 0
+    for p in res.points + res.control:
+        assert len(p.samples) == len(PROMPTS) and len(p.scores) == len(PROMPTS)
+        assert p.behaviour == pytest.approx(sum(p.scores) / len(p.scores))
+    assert len(calls) == 6
+    # the unsteered point equals plain generation
+    assert list(res.points[0].samples) == steer.generate(tiny, PROMPTS, None, max_new_tokens=5)
+    d = res.to_dict()
+    assert json.loads(json.dumps(d))["points"][1]["coeff"] == 1.0
+
+
+def test_logit_diff_behaviour(tiny, vec):
+    target = LogitDiff(positive=["a"], negative=["b"])
+    base = logit_diff(tiny, PROMPTS, target)
+    a_id = tiny.tokenizer("a", add_special_tokens=False)["input_ids"][0]
+    b_id = tiny.tokenizer("b", add_special_tokens=False)["input_ids"][0]
+    logits = tiny(PROMPTS[0], return_type="logits")[0, -1]
+    assert base[0] == pytest.approx(float(logits[a_id] - logits[b_id]), abs=1e-4)
+    res = steer.sweep(tiny, vec, [0.0, 3.0], PROMPTS, behaviour=target, neutral=TEXTS, max_new_tokens=3,
+                      control=False, progress=False)
+    assert res.points[0].behaviour == pytest.approx(sum(base) / 3, abs=1e-4)
+    assert res.points[1].behaviour != pytest.approx(res.points[0].behaviour, abs=1e-4)
+    assert res.control == ()
+    with pytest.raises(ValueError, match="single tokens"):
+        logit_diff(tiny, PROMPTS, LogitDiff(positive=["ab"], negative=["b"]))
+
+
+def test_calibrate_finds_the_largest_coefficient_within_budget(tiny, vec):
+    budget = 0.01  # the random tiny model saturates near KL 0.029
+    cal = steer.calibrate(tiny, vec, kl_budget=budget, texts=TEXTS, steps=5)
+    c = cal.coeff
+    assert c is not None and c > 0
+    info = cal.info["calibration"]
+    assert info["kl"] <= budget and info["kl_budget"] == budget
+    assert steering_cost(tiny, vec, c, texts=TEXTS).kl == pytest.approx(info["kl"], rel=1e-4)
+    # the next coefficient tried above it was over budget, and not far above it
+    above = [t for t in info["tried"] if t["coeff"] > c]
+    assert above and all(not t["ok"] for t in above)
+    assert min(t["coeff"] for t in above) / c < 1.1
+    assert vec.coeff is None  # the input vector is unchanged
+    # a perplexity budget
+    cal2 = steer.calibrate(tiny, vec, kl_budget=None, ppl_budget=1.05, texts=TEXTS, steps=3)
+    assert cal2.info["calibration"]["ppl_ratio"] <= 1.05
+
+
+def test_calibrate_errors(tiny, vec):
+    with pytest.raises(ValueError, match="kl_budget and/or ppl_budget"):
+        steer.calibrate(tiny, vec, kl_budget=None)
+    with pytest.raises(ValueError, match="kl_budget"):
+        steer.calibrate(tiny, vec, kl_budget=float("nan"))
+    with pytest.raises(ValueError, match="ppl_budget"):
+        steer.calibrate(tiny, vec, ppl_budget=0.9)
+    with pytest.raises(ValueError, match="add"):
+        steer.calibrate(tiny, vec, op="ablate")
+    with pytest.raises(ValueError, match="finite"):
+        steer.sweep(tiny, vec, [1.0, math.nan], PROMPTS)
+    with pytest.raises(ValueError, match="d_model"):
+        steer.sweep(tiny, SteeringVector({1: torch.ones(8)}), [1.0], PROMPTS)
+
+
+def test_report_is_self_contained(tiny, vec, tmp_path):
+    res = steer.sweep(tiny, vec, [0.0, 2.0], PROMPTS, behaviour=lambda ts: [len(t) for t in ts],
+                      neutral=TEXTS, max_new_tokens=3, progress=False)
+    out = steer.write_report(res, tmp_path / "rep")
+    html = (out / "report.html").read_text()
+    assert "<script" in html and "Plotly" in html and 'src="http' not in html
+    assert "random control" in html
+    data = json.loads((out / "report.json").read_text())
+    assert [p["coeff"] for p in data["points"]] == [0.0, 2.0] and len(data["control"]) == 2
+    assert not [p for p in (tmp_path / "rep").iterdir() if p.name.startswith(".")]  # no temp files left
