@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 
 def labelled_rows(name: str) -> list[dict]:
     """Rows ``{"prompt", "label", "group", ...}`` of the shipped dataset ``name``.
@@ -14,17 +12,9 @@ def labelled_rows(name: str) -> list[dict]:
     """
     from steerlens import data
 
-    rows = []
-    for rec in data.load(name):
-        fields = dataclasses.asdict(rec)
-        if "positive" in fields and "negative" in fields:
-            extra = {k: v for k, v in fields.items() if k not in ("positive", "negative")}
-            rows.append({"prompt": fields["positive"], "label": 1, **extra})
-            rows.append({"prompt": fields["negative"], "label": 0, **extra})
-        elif "label" in fields and "text" in fields:
-            rows.append({"prompt": fields.pop("text"), **fields})
-        else:
-            raise ValueError(f"dataset {name!r} has no binary labels to probe (fields: {sorted(fields)})")
+    rows = data.prompt_rows(name)
     if not rows:
         raise ValueError(f"dataset {name!r} is empty")
+    if "label" not in rows[0]:
+        raise ValueError(f"dataset {name!r} has no binary labels to probe (fields: {sorted(rows[0])})")
     return rows
