@@ -161,6 +161,25 @@ def run_until(
     return got["x"]
 
 
+#: bump when ``sample`` draws differently, so nothing cached from older samples (prefixes, key
+#: statistics of model-sampled text) is reused
+SAMPLER_VERSION = 2
+
+
+def categorical(probs: torch.Tensor, generator: torch.Generator, block: int = 512) -> torch.Tensor:
+    """One draw per row of ``probs`` ``[n, V]`` -> ``[n, 1]``, in two exact stages: a block of
+    ``block`` columns by its mass, then a column within it. ``torch.multinomial`` alone is serial
+    per row: on Gemma's 262k vocabulary it took longer than the forward pass (1.5 s vs 1.2 s for
+    256 rows on 2 CPU cores; this takes 0.1 s)."""
+    n, V = probs.shape
+    if V % block:
+        probs = torch.nn.functional.pad(probs, (0, block - V % block))
+    p = probs.view(n, -1, block)
+    b = torch.multinomial(p.sum(-1), 1, generator=generator)
+    j = torch.multinomial(p[torch.arange(n)[:, None], b].squeeze(1), 1, generator=generator)
+    return b * block + j
+
+
 @torch.no_grad()
 def sample(
     model: "TransformerBridge",
@@ -198,7 +217,7 @@ def sample(
             if top_k:
                 kth = logits.topk(top_k, dim=-1).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
-            cur = torch.multinomial(logits.softmax(-1), 1, generator=gen)
+            cur = categorical(logits.softmax(-1), gen)
             new.append(cur)
             mask = torch.cat([mask, torch.ones_like(cur)], 1)
             pos = pos[:, -1:] + 1
@@ -215,7 +234,7 @@ def prefixes(model: "TransformerBridge", n: int, length: int, seed: int) -> list
     itself, seeded; memoised in the process and cached on disk (sampling is slow on CPU)."""
     if n == 0:
         return []
-    key = (fingerprint(model), n, length, seed)
+    key = (fingerprint(model), n, length, seed, SAMPLER_VERSION)
     if key in _PREFIXES:
         return _PREFIXES[key]
     path = cache_dir() / "editing" / "prefixes" / (hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16] + ".json")

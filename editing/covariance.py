@@ -16,16 +16,18 @@ from typing import TYPE_CHECKING
 import torch
 from jaxtyping import Float
 
-from editing._model import check_layer, encode, key_hook, pad, pad_id, run_until, sample
+from editing._model import SAMPLER_VERSION, check_layer, encode, key_hook, pad, pad_id, run_until, sample
 from steerlens.models import cache_dir, fingerprint, model_name
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 FORMAT_VERSION = 1
-#: default token budget: Gemma 3 270M on 2 CPU cores reads 20k corpus tokens to layer 2 in ~25 s,
-#: but samples them from itself (the default corpus) at ~75 tok/s: ~4.5 min, once (then cached)
-DEFAULT_TOKENS = 20_000
+#: default token budget, sized for the default corpus (text sampled from the model): Gemma 3 270M
+#: on 2 CPU cores samples 8k tokens in ~75 s and reads them to layer 2 in ~4 s, once (then
+#: cached). More sampled tokens did not make its edits more specific (8k, 16k, 30k: neighbourhood
+#: 0.63 each); what the text is about did (benchmarks/README.md). Raise it for wide MLPs.
+DEFAULT_TOKENS = 8_000
 SAMPLE_BATCH = 64
 #: ``corpus=SHIPPED`` names the shipped datasets' text (``shipped_corpus()``)
 SHIPPED = "shipped"
@@ -122,7 +124,7 @@ def corpus_texts(corpus: str | os.PathLike | Sequence[str]) -> list[str]:
 
 def corpus_hash(corpus: str | os.PathLike | Sequence[str] | None, seed: int) -> str:
     if corpus is None:
-        return hashlib.sha256(f"model-sampled:seed={seed}".encode()).hexdigest()[:16]
+        return hashlib.sha256(f"model-sampled:v{SAMPLER_VERSION}:seed={seed}".encode()).hexdigest()[:16]
     return hashlib.sha256("\x00".join(corpus_texts(corpus)).encode()).hexdigest()[:16]
 
 
@@ -144,8 +146,9 @@ def key_statistics(
 ) -> KeyStatistics:
     """E[k kᵀ] of the keys ``blocks.{layer}.mlp.hook_post`` over up to ``n_tokens`` corpus tokens.
 
-    ``corpus``: ``None`` samples text from the model itself (seeded; slow on CPU: pass a file
-    when you have one), a path, or a list of strings. BOS positions are left out (their
+    ``corpus``: ``None`` samples text from the model itself (seeded), ``"shipped"``, a path, or a
+    list of strings. For factual edits, text that states facts gives more specific edits than
+    the model's generic samples (ROME used Wikipedia; offline, ``"shipped"``). BOS positions are left out (their
     activations are outliers). Cached under the steerlens cache; a cached result loads in well
     under a second.
     """
@@ -189,14 +192,13 @@ def _chunks(model, corpus, n_tokens, seed, batch_size, chunk_tokens):
     """Batches of right-padded token chunks (BOS + up to ``chunk_tokens - 1`` tokens)."""
     bos = model.tokenizer.bos_token_id
     if corpus is None:
-        # model-sampled text, generated lazily batch by batch until the budget is met; sampling is
-        # compute-bound on the unembedding, so wider batches pay (Gemma 3 270M, 2 CPU cores: 53
-        # tok/s at 32 rows, 65 at 64)
+        # model-sampled text, generated lazily batch by batch until the budget is met (Gemma 3
+        # 270M, 2 CPU cores, 127 tokens per row: 121 tok/s at 64 rows, 110 at 128, 100 at 256)
         i, produced = 0, 0
         while True:
             left = math.ceil(max(n_tokens - produced, 1) / (chunk_tokens - 1))  # rows still needed
             n = min(max(batch_size, SAMPLE_BATCH), left)
-            texts = sample(model, None, n=n, max_new_tokens=chunk_tokens - 1, seed=seed + i)
+            texts = sample(model, None, n=n, max_new_tokens=chunk_tokens - 1, seed=seed + i, batch_size=n)
             i, produced = i + 1, produced + n * (chunk_tokens - 1)
             yield pad([encode(model, t)[:chunk_tokens] for t in texts], pad_id(model))
     rows: list[list[int]] = []
@@ -217,8 +219,8 @@ def shipped_corpus() -> list[str]:
     """The text of steerlens' shipped datasets other than ``facts`` (statements, instructions,
     sentences; over 20k Gemma tokens): a quick offline corpus for the key statistics (pass
     ``corpus="shipped"``). On Gemma 3 270M it also gives more specific edits than model-sampled
-    text (layer 2, 10 test facts: neighbourhood 0.87 with 20k shipped tokens, 0.60 with 10k
-    sampled ones; benchmarks/README.md)."""
+    text (layer 2, 10 test facts: neighbourhood 0.87 with 20k shipped tokens, 0.63 with 8k, 16k
+    or 30k sampled ones; benchmarks/README.md)."""
     from steerlens import data
 
     texts: list[str] = []

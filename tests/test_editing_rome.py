@@ -158,6 +158,34 @@ def test_key_statistics_default_corpus_is_model_sampled_and_seeded(tiny, monkeyp
     assert torch.equal(a.mom2, b.mom2) and not torch.equal(a.mom2, c.mom2)
 
 
+@pytest.mark.parametrize("V,block", [(6, 4), (1000, 512), (512, 512)])
+def test_categorical_draws_from_the_distribution(V, block):
+    """The two-stage sampler is the categorical distribution: frequencies match ``probs`` (χ² on
+    200k draws), zero-probability columns (top-k masking, the vocabulary's padding) never come up."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(V, generator=gen) * 2
+    logits[V // 3] = float("-inf")
+    probs = logits.softmax(-1)
+    n = 200_000
+    draws = M.categorical(probs.expand(n, V), gen, block=block).flatten()
+    assert draws.min() >= 0 and draws.max() < V
+    counts = torch.bincount(draws, minlength=V).double()
+    assert counts[V // 3] == 0
+    expected = probs.double() * n
+    keep = expected > 20
+    chi2 = float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+    dof = int(keep.sum()) - 1
+    assert chi2 < dof + 6 * (2 * dof) ** 0.5, (chi2, dof)  # ~6σ above the χ² mean
+
+
+def test_model_sampled_cache_key_names_the_sampler_version():
+    """Statistics cached from the older sampler (the same seed, other texts) are not reused."""
+    import hashlib
+
+    assert corpus_hash(None, 0) != corpus_hash(None, 1)
+    assert corpus_hash(None, 0) != hashlib.sha256(b"model-sampled:seed=0").hexdigest()[:16]
+
+
 # --- edits and handles ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("which", ["tiny", "tiny_llama"])
