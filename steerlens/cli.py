@@ -107,6 +107,31 @@ def datasets() -> None:
         typer.echo(f"{name:<14} {len(data.load(name)):>5} records")
 
 
+@app.command()
+def tour(
+    out: Path = typer.Option(Path("runs/tour"), "--out", "-o", help="Directory for index.html and tour.json."),
+    model: str = MODEL,
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    n_facts: int = typer.Option(3, help="Facts to edit (one at a time, each reverted)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Every capability end to end (capture, probe sweep, calibrated steering, ROME edits and a
+    causal trace) on one model, written as one HTML report."""
+    from steerlens.models import load_model
+    from steerlens.tour import run_tour
+
+    m = load_model(model, device=device, dtype=dtype)
+    path = run_tour(m, out, n_facts=n_facts, progress=progress)
+    summary = json.loads((path.parent / "tour.json").read_text())
+    p, e = summary["probes"], summary["editing"]
+    typer.echo(f"probes: {p['method']} at layer {p['best_layer']}, test AUROC {p['test_auroc']:.3f}")
+    typer.echo(f"steer: coeff {summary['steer']['coeff']:.3g} at layer {summary['steer']['layer']}")
+    typer.echo(f"editing: efficacy {e['after']['efficacy']:.2f}, neighbourhood {e['after']['neighbourhood']:.2f} "
+               f"(before {e['before']['neighbourhood']:.2f})")
+    typer.echo(f"report: {path}")
+
+
 edit_app = typer.Typer(help="ROME weight edits: causal traces, scripted edit/erase experiments with reports.",
                        no_args_is_help=True, add_completion=False)
 app.add_typer(edit_app, name="edit")
