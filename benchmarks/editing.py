@@ -1,10 +1,12 @@
 """Time of one ROME edit on the embedded Gemma 3 270M, split into key, value and update (the key
-statistics cached), the key statistics per 10k tokens, and the load time of a cached covariance.
+statistics cached), the key statistics per 10k tokens read from a corpus and of the default
+corpus (sampled from the model, the default budget), and the load time of a cached covariance.
 
-    python benchmarks/editing.py [--layer 2] [--tokens 10000] [--edits 3] [--threads 0] [--json out.json]
+    python benchmarks/editing.py [--layer 2] [--tokens 10000] [--sampled-tokens 8000] [--edits 3] [--threads 0] [--json out.json]
 
-``--threads 0`` keeps torch's default thread count. Uses the shipped ``facts`` dataset when it is
-there, else three hand-written requests; the statistics corpus is the shipped datasets' text.
+``--threads 0`` keeps torch's default thread count; ``--sampled-tokens 0`` skips the sampled
+corpus. Uses the shipped ``facts`` dataset when it is there, else three hand-written requests;
+the edits use statistics of the shipped datasets' text.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layer", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=10_000, help="tokens for the statistics timing")
+    ap.add_argument("--sampled-tokens", type=int, default=covariance.DEFAULT_TOKENS,
+                    help="budget for the default (model-sampled) corpus timing; 0 skips it")
     ap.add_argument("--edits", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default=None)
@@ -66,6 +70,13 @@ def main() -> None:
             t = time.perf_counter()
             key_statistics(model, args.layer, corpus=shipped_corpus(), n_tokens=args.tokens, progress=False)
             out["cached_stats_load_seconds"] = time.perf_counter() - t
+            if args.sampled_tokens:
+                t = time.perf_counter()
+                sampled = key_statistics(model, args.layer, n_tokens=args.sampled_tokens, progress=False)
+                secs = time.perf_counter() - t
+                out["sampled_stats_tokens"] = sampled.n
+                out["sampled_stats_seconds"] = secs
+                out["sampled_stats_seconds_per_10k_tokens"] = secs * 10_000 / sampled.n
         finally:
             if old is None:
                 del os.environ["STEERLENS_CACHE"]

@@ -23,11 +23,12 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 FORMAT_VERSION = 1
-#: default token budget, sized for the default corpus (text sampled from the model): Gemma 3 270M
-#: on 2 CPU cores samples 8k tokens in ~75 s and reads them to layer 2 in ~4 s, once (then
-#: cached). More sampled tokens did not make its edits more specific (8k, 16k, 30k: neighbourhood
-#: 0.63 each); what the text is about did (benchmarks/README.md). Raise it for wide MLPs.
+#: default token budgets, well under a few minutes on a CPU. Sampled text (the default corpus):
+#: Gemma 3 270M on 2 cores samples 8k tokens in 95-110 s, once (then cached); more did not make
+#: its edits more specific (8k, 16k, 30k: neighbourhood 0.63 each; benchmarks/README.md). A given
+#: corpus is only read: 20k tokens to layer 2 in ~15 s. Raise them for wide MLPs.
 DEFAULT_TOKENS = 8_000
+DEFAULT_CORPUS_TOKENS = 20_000
 SAMPLE_BATCH = 64
 #: ``corpus=SHIPPED`` names the shipped datasets' text (``shipped_corpus()``)
 SHIPPED = "shipped"
@@ -137,14 +138,15 @@ def key_statistics(
     layer: int,
     *,
     corpus: str | os.PathLike | Sequence[str] | None = None,
-    n_tokens: int = DEFAULT_TOKENS,
+    n_tokens: int | None = None,
     seed: int = 0,
     batch_size: int = 16,
     chunk_tokens: int = 128,
     cache: bool = True,
     progress: bool = True,
 ) -> KeyStatistics:
-    """E[k kᵀ] of the keys ``blocks.{layer}.mlp.hook_post`` over up to ``n_tokens`` corpus tokens.
+    """E[k kᵀ] of the keys ``blocks.{layer}.mlp.hook_post`` over up to ``n_tokens`` corpus tokens
+    (default: ``DEFAULT_TOKENS`` sampled, ``DEFAULT_CORPUS_TOKENS`` from a given corpus).
 
     ``corpus``: ``None`` samples text from the model itself (seeded), ``"shipped"``, a path, or a
     list of strings. For factual edits, text that states facts gives more specific edits than
@@ -155,6 +157,8 @@ def key_statistics(
     from tqdm.auto import tqdm
 
     layer = check_layer(model, layer)
+    if n_tokens is None:
+        n_tokens = DEFAULT_TOKENS if corpus is None else DEFAULT_CORPUS_TOKENS
     if n_tokens < 2:
         raise ValueError(f"n_tokens must be >= 2, got {n_tokens}")
     chash = corpus_hash(corpus, seed)

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 
 from editing import _model as M
-from editing.covariance import DEFAULT_TOKENS, KeyStatistics, key_statistics
+from editing.covariance import KeyStatistics, key_statistics
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -60,7 +60,7 @@ class RomeConfig:
     erase_top_k: int = 10  # erasure: push the true object out of this many top tokens ...
     erase_margin: int = 2  # ... times this margin, on every optimisation prompt
     cov_reg: float = 1e-3  # ridge on C, relative to its mean eigenvalue
-    n_tokens: int = DEFAULT_TOKENS  # covariance token budget
+    n_tokens: int | None = None  # covariance token budget (None: 8k sampled, 20k from a corpus)
     seed: int = 0
 
 

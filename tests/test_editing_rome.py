@@ -178,6 +178,23 @@ def test_categorical_draws_from_the_distribution(V, block):
     assert chi2 < dof + 6 * (2 * dof) ** 0.5, (chi2, dof)  # ~6σ above the χ² mean
 
 
+def test_default_budget_depends_on_the_corpus(tiny, monkeypatch):
+    """Sampling is slow, reading is not: 8k tokens by default when sampling, 20k from a corpus."""
+    import editing.covariance as cov
+
+    asked = []
+
+    def fake_sample(model, prompts, *, n, max_new_tokens, **kw):  # the budget is under test, not the text
+        asked.append(n)
+        return ["x" * max_new_tokens] * n
+
+    monkeypatch.setattr(cov, "sample", fake_sample)
+    a = key_statistics(tiny, 1, cache=False, progress=False)
+    assert a.info["n_tokens"] == a.n == cov.DEFAULT_TOKENS and sum(asked) == -(-cov.DEFAULT_TOKENS // 127)
+    b = key_statistics(tiny, 1, corpus=CORPUS, cache=False, progress=False)
+    assert b.info["n_tokens"] == cov.DEFAULT_CORPUS_TOKENS and b.n < cov.DEFAULT_CORPUS_TOKENS  # all of CORPUS
+
+
 def test_model_sampled_cache_key_names_the_sampler_version():
     """Statistics cached from the older sampler (the same seed, other texts) are not reused."""
     import hashlib
