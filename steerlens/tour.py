@@ -33,8 +33,9 @@ def run_tour(
 ) -> Path:
     """Capture the shipped ``truthfulness`` statements at every layer and sweep probes over them;
     compute a ``sentiment`` steering vector, calibrate its coefficient to a KL budget of 0.1 nats
-    and generate with and without it; trace and edit ``n_facts`` shipped facts (ROME, key
-    statistics from ``n_tokens`` of the shipped datasets' text) with a before/after evaluation.
+    and generate with and without it; trace and edit ``n_facts`` shipped facts, one relation at a
+    time (ROME, key statistics from ``n_tokens`` of the shipped datasets' text), evaluated before
+    and after.
     Writes ``out/index.html`` and ``out/tour.json``; returns the HTML path."""
     import probes
     import steer
@@ -83,7 +84,7 @@ def run_tour(
 
     # 4. editing
     t = time.perf_counter()
-    facts = data.load("facts")[:n_facts]
+    facts = data.round_robin(data.load("facts"), n_facts)  # one relation at a time
     stats = key_statistics(model, edit_layer, corpus="shipped", n_tokens=n_tokens, progress=progress)
     report = evaluate_edits(model, facts, layer=edit_layer, stats=stats, fluency_samples=1, fluency_tokens=16,
                             progress=progress)

@@ -205,3 +205,17 @@ def test_prompt_rows_of_a_jsonl_file(tmp_path):
         data.prompt_rows(tmp_path / "c.jsonl")
     with pytest.raises(ValueError, match="neither a shipped dataset"):
         data.prompt_rows("no-such-dataset")
+
+
+def test_round_robin_takes_one_relation_at_a_time():
+    from steerlens.data import load, round_robin
+
+    facts = load("facts")
+    picked = round_robin(facts, 10)
+    relations = [r.relation for r in picked]
+    n_rel = len({r.relation for r in facts})
+    assert len(picked) == 10
+    assert len(set(relations[:n_rel])) == min(n_rel, 10)  # every relation before any repeats
+    everything = round_robin(facts, 10 ** 6)
+    assert sorted(r.id for r in everything) == sorted(r.id for r in facts)  # all of them, once each
+    assert round_robin(facts, 0) == []

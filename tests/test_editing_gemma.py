@@ -39,17 +39,9 @@ def gemma_stats(gemma):
 
 @pytest.fixture(scope="session")
 def facts():
-    recs = data.load("facts")
-    # round-robin over relations, in file order: diverse and deterministic
-    by_rel: dict[str, list] = {}
-    for r in recs:
-        by_rel.setdefault(r.relation, []).append(r)
-    picked, i = [], 0
-    while len(picked) < N_FACTS and any(i < len(v) for v in by_rel.values()):
-        picked += [v[i] for v in by_rel.values() if i < len(v)]
-        i += 1
-    assert len(picked) >= N_FACTS, f"facts has only {len(recs)} records"
-    return picked[:N_FACTS]
+    picked = data.round_robin(data.load("facts"), N_FACTS)  # over relations, in file order
+    assert len(picked) == N_FACTS
+    return picked
 
 
 def _weights(model):

@@ -7,6 +7,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from importlib import resources
+from collections.abc import Sequence
 from typing import Any, Union
 
 
@@ -68,7 +69,7 @@ _N_PARAPHRASES, _N_NEIGHBOURS = 2, 3
 
 __all__ = [
     "ContrastivePair", "EditRequest", "Instruction", "Statement",
-    "card", "digest", "load", "load_jsonl", "names", "prompt_rows",
+    "card", "digest", "load", "load_jsonl", "names", "prompt_rows", "round_robin",
 ]
 
 
@@ -94,6 +95,20 @@ def digest(name: str) -> str:
     """sha256 hex digest of dataset ``name``'s JSONL file, for provenance metadata."""
     _check_name(name)
     return hashlib.sha256((resources.files(__name__) / f"{name}.jsonl").read_bytes()).hexdigest()
+
+
+def round_robin(records: Sequence[Record], n: int, by: str = "relation") -> list[Record]:
+    """The first ``n`` records taking one value of field ``by`` at a time, in file order (e.g. ten
+    edit requests over ten relations rather than ten of the first relation)."""
+    groups: dict[Any, list[Record]] = {}
+    for r in records:
+        groups.setdefault(getattr(r, by), []).append(r)
+    out: list[Record] = []
+    i = 0
+    while len(out) < n and any(i < len(g) for g in groups.values()):
+        out += [g[i] for g in groups.values() if i < len(g)]
+        i += 1
+    return out[:n]
 
 
 def load_jsonl(path: str | os.PathLike, kind: str) -> list[Record]:
