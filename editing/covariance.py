@@ -150,9 +150,9 @@ def key_statistics(
 
     ``corpus``: ``None`` samples text from the model itself (seeded), ``"shipped"``, a path, or a
     list of strings. For factual edits, text that states facts gives more specific edits than
-    the model's generic samples (ROME used Wikipedia; offline, ``"shipped"``). BOS positions are left out (their
-    activations are outliers). Cached under the steerlens cache; a cached result loads in well
-    under a second.
+    the model's generic samples (ROME used Wikipedia; offline, ``"shipped"``). BOS positions are
+    left out (their activations are outliers). Cached under the steerlens cache; a cached result
+    loads in well under a second.
     """
     from tqdm.auto import tqdm
 

@@ -75,8 +75,10 @@ def run_tour(
     # 3. steering
     t = time.perf_counter()
     v = steer.calibrate(model, steer.compute(model, "sentiment", layers=[steer_layer]), kl_budget=0.1, steps=3)
-    plain = steer.generate(model, list(OPENINGS), None, max_new_tokens=new_tokens)
-    steered = steer.generate(model, list(OPENINGS), v, coeff=v.coeff, max_new_tokens=new_tokens)
+    k = len(OPENINGS)  # one batch: plain rows, then steered rows (one vector per row)
+    texts = steer.generate(model, list(OPENINGS) * 2, [None] * k + [v] * k, coeff=[0.0] * k + [v.coeff] * k,
+                           max_new_tokens=new_tokens)
+    plain, steered = texts[:k], texts[k:]
     summary["steer"] = {"dataset": "sentiment", "layer": steer_layer, "coeff": v.coeff,
                         "calibration": v.info.get("calibration"),
                         "generations": [{"prompt": p, "plain": a, "steered": s} for p, a, s in zip(OPENINGS, plain, steered)]}
