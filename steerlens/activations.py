@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 from jaxtyping import Float
 
 from steerlens.hooks import hook_kind, hook_layer
-from steerlens.io import atomic_path, save_tensors
+from steerlens.io import atomic_path, occupied, open_safetensors, save_tensors, write_text
 
 FORMAT = "steerlens.activations"
 VERSION = 1
@@ -112,44 +113,122 @@ class Activations:
         return f"Activations(n={len(self)}, pool={self.pool!r}, hooks={self.hooks})"
 
     # -- storage -----------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``path/`` (one shard + ``manifest.json``) atomically."""
-        with ShardWriter(path) as w:
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write ``path/`` (one shard + ``manifest.json``) atomically. An existing activations
+        directory is replaced only with ``overwrite=True``; anything else there is never touched."""
+        with ShardWriter(path, overwrite=overwrite) as w:
             w.add({h: self[h] for h in self.hooks})
             w.finish(self.rows, self.lengths, pool=self.pool, info=self.info)
         return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Activations":
+        """Read a directory written by ``save`` or ``capture(out=...)``; tensors load lazily."""
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{path} holds no {MANIFEST}: not a complete steerlens activations directory")
-        m = json.loads(manifest_path.read_text())
-        if m.get("format") != FORMAT or m.get("version", 0) > VERSION:
+        m = _read_manifest(manifest_path)
+        version = m.get("version", 0)
+        if m.get("format") != FORMAT or not isinstance(version, int) or version > VERSION:
             raise ValueError(f"{path}: unsupported format {m.get('format')!r} version {m.get('version')}")
-        shards = [path / s for s in m["shards"]]
-        return cls(_ShardedTensors(shards, m["hooks"]), m["rows"], lengths=m["lengths"], pool=m["pool"], info=m["info"])
+        _check_manifest(m, manifest_path)
+        n = sum(m["lengths"]) if m["pool"] == "all" else len(m["rows"])
+        tensors = _ShardedTensors(path, [path / s for s in m["shards"]], m["hooks"], n)
+        return cls(tensors, m["rows"], lengths=m["lengths"], pool=m["pool"], info=m["info"])
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(m, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(m).__name__}")
+    return m
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+_FIELDS = {  # manifest key -> (check, what it must be)
+    "hooks": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "shards": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "lengths": (lambda v: isinstance(v, list) and all(_is_count(x) for x in v), "a list of non-negative ints"),
+    "rows": (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "a list of objects"),
+    "pool": (lambda v: isinstance(v, str), "a string"),
+    "info": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def _check_manifest(m: dict, manifest_path: Path) -> None:
+    for key, (ok, what) in _FIELDS.items():
+        if key not in m or not ok(m[key]):
+            raise ValueError(f"{manifest_path}: {key!r} must be {what}, got {m.get(key)!r:.80}")
+    root = manifest_path.parent.resolve()
+    for s in m["shards"]:
+        if Path(s).is_absolute() or ".." in Path(s).parts or not (root / s).resolve().is_relative_to(root):
+            raise ValueError(f"{manifest_path}: shard {s!r} is outside the activations directory")
+
+
+def _check_replaceable(path: Path, overwrite: bool) -> None:
+    """Refuse to write at ``path`` unless nothing (or an empty directory) is there, or it is an
+    activations directory and ``overwrite`` is set."""
+    if not occupied(path):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite on the CLI) to replace it")
+    if not _is_activations_dir(path):
+        raise ValueError(f"{path} is not a steerlens activations directory, so it will not be replaced")
+
+
+def _is_activations_dir(path: Path) -> bool:
+    """A real directory holding a steerlens ``manifest.json`` and nothing but the files it lists."""
+    if path.is_symlink() or not path.is_dir() or not (path / MANIFEST).is_file():
+        return False
+    try:
+        m = _read_manifest(path / MANIFEST)
+    except (ValueError, OSError):
+        return False
+    shards = m.get("shards")
+    if m.get("format") != FORMAT or not isinstance(shards, list):
+        return False
+    allowed = {MANIFEST} | {s for s in shards if isinstance(s, str)}
+    return all(p.name in allowed and p.is_file() and not p.is_symlink() for p in path.iterdir())
 
 
 class _ShardedTensors(Mapping):
-    """Reads one hook's rows from every shard on access (and keeps it)."""
+    """Reads one hook's rows from every shard on access (and keeps it); the shards' rows must add
+    up to ``n``."""
 
-    def __init__(self, shards: list[Path], hooks: list[str]):
-        self._shards, self._hooks, self._cache = shards, hooks, {}
+    def __init__(self, root: Path, shards: list[Path], hooks: list[str], n: int):
+        self._root, self._shards, self._hooks, self._n, self._cache = root, shards, hooks, n, {}
 
     def __getitem__(self, hook: str) -> torch.Tensor:
         if hook not in self._hooks:
             raise KeyError(hook)
         if hook not in self._cache:
-            from safetensors import safe_open
-
-            parts = []
-            for shard in self._shards:
-                with safe_open(str(shard), framework="pt") as f:
-                    parts.append(f.get_tensor(hook))
+            parts = [self._read(shard, hook) for shard in self._shards]
+            got = sum(p.shape[0] for p in parts)
+            if got != self._n:
+                raise ValueError(
+                    f"{self._root}: hook {hook!r} has {got} rows in its shards, the manifest says {self._n}"
+                )
             self._cache[hook] = torch.cat(parts)
         return self._cache[hook]
+
+    @staticmethod
+    def _read(shard: Path, hook: str) -> torch.Tensor:
+        if not shard.is_file():
+            raise ValueError(f"shard {shard} is missing")
+        with open_safetensors(shard) as f:
+            if hook not in f.keys():
+                raise ValueError(f"shard {shard} holds no tensor for hook {hook!r}")
+            t = f.get_tensor(hook)
+        if t.ndim == 0:
+            raise ValueError(f"shard {shard}: hook {hook!r} is a scalar, expected [rows, d]")
+        return t
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._hooks)
@@ -161,17 +240,21 @@ class _ShardedTensors(Mapping):
 class ShardWriter:
     """Write an activations directory shard by shard; it appears only when ``finish`` ran.
 
-    Use as a context manager: on an exception nothing is left at ``path``.
+    Use as a context manager: on an exception nothing is left at ``path``. What may already be
+    at ``path`` (``overwrite``) is as for ``Activations.save``, checked on entering.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
         self.path = Path(path)
+        self.overwrite = overwrite
         self._shards: list[str] = []
         self._hooks: list[str] | None = None
         self._finished = False
 
     def __enter__(self) -> "ShardWriter":
-        self._ctx = atomic_path(self.path, directory=True)
+        """Check that ``path`` may be written (see ``Activations.save``), then start writing."""
+        check = partial(_check_replaceable, overwrite=self.overwrite)
+        self._ctx = atomic_path(self.path, directory=True, check=check)
         self._tmp = self._ctx.__enter__()
         return self
 
@@ -188,7 +271,7 @@ class ShardWriter:
             "shards": self._shards, "lengths": torch.as_tensor(lengths).tolist(),
             "rows": list(rows), "info": info,
         }
-        (self._tmp / MANIFEST).write_text(json.dumps(manifest, default=str))
+        write_text(self._tmp / MANIFEST, json.dumps(manifest, default=str))
         self._finished = True
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -34,6 +34,7 @@ def capture(
     batch_size: int = 16,
     dtype: torch.dtype = torch.float32,
     out: str | os.PathLike | None = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> Activations:
     """Run ``prompts`` through ``model`` and keep each requested hook's activation, pooled.
@@ -45,6 +46,8 @@ def capture(
     Prompts are right-padded internally, so batched results equal one-at-a-time runs.
     With ``out``, shards stream to that directory (memory bounded by one batch) and the
     returned ``Activations`` reads them lazily; the directory appears only once complete.
+    An existing ``out`` is refused before any forward pass unless it is an empty directory, or
+    an activations directory and ``overwrite=True``; nothing else is ever replaced.
     """
     prompts = check_prompts(prompts)
     names = resolve_hooks(model, hooks, layers)
@@ -60,7 +63,7 @@ def capture(
         lengths = _run(model, prompts, names, pool, positions, batch_size, dtype, progress,
                        lambda acts: [parts[n].append(acts[n]) for n in names])
         return Activations({n: torch.cat(parts[n]) for n in names}, rows, lengths=lengths, pool=pool_name, info=info)
-    with ShardWriter(out) as writer:
+    with ShardWriter(out, overwrite=overwrite) as writer:  # checks ``out`` before the forward passes
         lengths = _run(model, prompts, names, pool, positions, batch_size, dtype, progress, writer.add)
         writer.finish(rows, lengths, pool=pool_name, info=info)
     return Activations.load(out)

@@ -133,7 +133,34 @@ def test_interrupted_stream_leaves_nothing(tiny, tmp_path):
     assert list(tmp_path.iterdir()) == []
     # an existing result survives a failed rewrite
     steerlens.capture(tiny, PROMPTS, "resid_post", batch_size=2, out=out, progress=False)
-    with pytest.raises(ValueError):
-        steerlens.capture(tiny, PROMPTS, "resid_post", pool=[0, 0, 0, 0, 99], batch_size=2, out=out, progress=False)
+    with pytest.raises(ValueError, match="outside prompt"):
+        steerlens.capture(tiny, PROMPTS, "resid_post", pool=[0, 0, 0, 0, 99], batch_size=2, out=out,
+                          overwrite=True, progress=False)
     assert len(Activations.load(out)) == 5
     assert [p.name for p in tmp_path.iterdir()] == ["acts"]
+
+
+def test_stream_refuses_to_replace_before_any_forward_pass(tiny, tmp_path, monkeypatch):
+    from steerlens import capturing
+
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "src" / "main.py").write_text("print('hi')\n")
+    (proj / "NOTES.md").write_text("notes\n")
+    acts = tmp_path / "acts"
+    steerlens.capture(tiny, PROMPTS, "resid_post", layers=[0], out=acts, progress=False)
+
+    def no_forward(*a, **k):
+        raise AssertionError("the forward passes ran before the output path was checked")
+
+    monkeypatch.setattr(capturing, "_run", no_forward)
+    for out in (proj, acts):
+        with pytest.raises(FileExistsError, match=f"{out} already exists.*overwrite=True"):
+            steerlens.capture(tiny, PROMPTS, "resid_post", out=out, progress=False)
+    with pytest.raises(ValueError, match=f"{proj} is not a steerlens activations directory"):
+        steerlens.capture(tiny, PROMPTS, "resid_post", out=proj, overwrite=True, progress=False)
+    assert (proj / "src" / "main.py").read_text() == "print('hi')\n" and (proj / "NOTES.md").is_file()
+    monkeypatch.undo()
+    replaced = steerlens.capture(tiny, PROMPTS, "resid_post", layers=[1], out=acts, overwrite=True, progress=False)
+    assert replaced.hooks == Activations.load(acts).hooks == ["blocks.1.hook_resid_post"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acts", "proj"]
