@@ -7,14 +7,14 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import socket
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import torch
+
+from steerlens.io import atomic_path, temp_sibling
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -122,8 +122,8 @@ def _embedded_checkpoint() -> Path:
     dest = _converted_dir(pkg.EXPECTED_SHA256)
     if dest.is_dir():
         return dest
-    with tempfile.TemporaryDirectory(dir=_ensure(dest.parent)) as tmp:
-        gguf = pkg.assemble(output_path=Path(tmp) / pkg.MODEL_NAME)  # checks the sha256
+    with temp_sibling(dest, directory=True) as tmp:  # a killed run's is removed by the next one
+        gguf = pkg.assemble(output_path=tmp / pkg.MODEL_NAME)  # checks the sha256
         return _convert_gguf(gguf, dest, pkg.EXPECTED_SHA256)
 
 
@@ -141,19 +141,15 @@ def _converted_dir(sha: str) -> Path:
     return cache_dir() / "models" / f"gguf-{sha[:16]}"
 
 
-def _ensure(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
 def _convert_gguf(gguf: Path, dest: Path, sha: str) -> Path:
     """Write the dequantized checkpoint to a temporary directory, then rename it into place, so a
-    killed conversion never leaves a directory that looks complete."""
+    killed conversion never leaves a directory that looks complete (the next conversion removes
+    its leftovers; see ``steerlens.io.temp_sibling``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.warning("steerlens: converting %s to an HF checkpoint once (about a minute)", gguf.name)
-    tmp = Path(tempfile.mkdtemp(dir=_ensure(dest.parent), prefix=f".{dest.name}.tmp-"))
-    try:
+    # keep_existing: a concurrent conversion that finished first wins
+    with atomic_path(dest, directory=True, keep_existing=True) as tmp:
         kw = dict(gguf_file=gguf.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kw)
         quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
@@ -168,13 +164,6 @@ def _convert_gguf(gguf: Path, dest: Path, sha: str) -> Path:
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "steerlens_source.json").write_text(json.dumps({"gguf": gguf.name, "sha256": sha}))
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if not dest.is_dir():  # not a concurrent conversion that finished first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

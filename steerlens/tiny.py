@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from steerlens.io import atomic_path
 from steerlens.models import cache_dir
 
 if TYPE_CHECKING:
@@ -30,7 +28,8 @@ def tiny_model(
     """A random-init GPT-2 (``n_layers`` blocks, width ``d_model``, 257-token byte vocabulary).
 
     The same arguments give the same weights. The checkpoint is saved once under the cache and
-    booted from there (transformer-lens reloads the tokenizer by path).
+    booted from there (transformer-lens reloads the tokenizer by path). The caller's global RNG
+    state is left as it was, whether or not the checkpoint was cached.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -38,9 +37,10 @@ def tiny_model(
         raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
     key = f"tiny-gpt2-L{n_layers}-d{d_model}-h{n_heads}-c{n_ctx}-s{seed}"
     path = cache_dir() / "tiny" / key
-    if not path.is_dir():
-        _build(path, n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_ctx=n_ctx, seed=seed)
-    model = TransformerBridge.boot_transformers(str(path), device="cpu", dtype=dtype)
+    with torch.random.fork_rng(devices=[]):  # building and booting both draw from the CPU RNG
+        if not path.is_dir():
+            _build(path, n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_ctx=n_ctx, seed=seed)
+        model = TransformerBridge.boot_transformers(str(path), device="cpu", dtype=dtype)
     model.eval()
     model.requires_grad_(False)
     model.cfg.model_name = key
@@ -89,17 +89,8 @@ def _build(path: Path, *, n_layers: int, d_model: int, n_heads: int, n_ctx: int,
         n_head=n_heads, bos_token_id=256, eos_token_id=256, pad_token_id=256,
         architectures=["GPT2LMHeadModel"],
     )
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # inside tiny_model's fork_rng: the caller's RNG is untouched
     model = GPT2LMHeadModel(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
+    with atomic_path(path, directory=True, keep_existing=True) as tmp:  # a concurrent build may win
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not path.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -101,6 +101,29 @@ def test_failed_conversion_leaves_no_cache(monkeypatch, tmp_path):
     assert not dest.exists() and list((tmp_path / "cache").iterdir()) == []
 
 
+def test_killed_conversion_leftovers_are_removed_but_not_a_live_ones(monkeypatch, tmp_path):
+    import os
+
+    import transformers
+
+    from steerlens import io
+
+    def boom(*a, **k):
+        raise RuntimeError("killed mid-conversion")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", boom)
+    (tmp_path / "m.gguf").write_bytes(b"not really a gguf")
+    cache = tmp_path / "cache"
+    stale = cache / f".gguf-x.tmp-{2**22 + 1}-{io._HOST}-0a1b"  # a dead pid: no process has it
+    live = cache / f".gguf-x.tmp-{os.getpid()}-{io._HOST}-0a1c"  # a conversion still running
+    for d in (stale, live):
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"half a model")
+    with pytest.raises(RuntimeError, match="killed"):
+        models._convert_gguf(tmp_path / "m.gguf", cache / "gguf-x", "x" * 64)
+    assert [p.name for p in cache.iterdir()] == [live.name]
+
+
 @pytest.mark.gemma
 def test_embedded_gemma(gemma):
     cfg = gemma.cfg
