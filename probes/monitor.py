@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -61,42 +60,35 @@ class ProbeMonitor:
         self.runs: list[dict[str, list[torch.Tensor]]] = []
         self._step = 0
         self._pending: set[str] = set()
-        self._stack: contextlib.ExitStack | None = None
+        self._ctx: Any = None
 
     # -- context -------------------------------------------------------------------------------
     def __enter__(self) -> "ProbeMonitor":
-        if self._stack is not None:
+        from steerlens.hooks import hook_depth
+        from steerlens.steps import intervene
+
+        if self._ctx is not None:
             raise RuntimeError("this ProbeMonitor is already active")
         by_hook: dict[str, list[str]] = {}
         for name, (hook, _) in self._specs.items():
             by_hook.setdefault(hook, []).append(name)
         device = next(self.model.parameters()).device
-        from steerlens.hooks import hook_depth
-
         order = sorted(by_hook, key=lambda h: hook_depth(self.model, h))
-        # A forward pass starts at the embedding: open (or extend) a run there. Without that hook
-        # point, the earliest probed hook does it.
-        opener = "hook_embed" if "hook_embed" in self.model.hook_dict else None
-        fwd = [(opener, self._begin_hook)] if opener else []
+        hooks = {}
         for hook in order:
             names = by_hook[hook]
             W = torch.stack([torch.from_numpy(self._specs[n][1].coef_[0]) for n in names], 1).to(device)  # [d, k]
             b = torch.tensor([float(self._specs[n][1].intercept_[0]) for n in names], device=device)
-            fwd.append((hook, self._make_hook(hook, names, W, b, first=opener is None and hook == order[0])))
-        self._fwd = fwd
-        stack = contextlib.ExitStack()
-        try:
-            stack.enter_context(self.model.hooks(fwd_hooks=fwd))
-        except BaseException:
-            stack.close()
-            raise
-        self._stack = stack
+            hooks[hook] = self._make_hook(hook, names, W, b, first=hook == order[0])
+        ctx = intervene(self.model, hooks)
+        ctx.__enter__()
+        self._ctx = ctx
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            ctx.__exit__(exc_type, exc, tb)
         return False
 
     def reset(self) -> None:
@@ -129,24 +121,20 @@ class ProbeMonitor:
         return self.runs[-1]
 
     # -- hooks -------------------------------------------------------------------------------------
-    def _begin_hook(self, x: torch.Tensor, hook: Any = None) -> torch.Tensor:
-        self._open_or_extend(x.shape[0], x.shape[1])
-        return x
-
     def _make_hook(self, hook: str, names: list[str], W: torch.Tensor, b: torch.Tensor, first: bool):
         width = W.shape[0]
 
-        def fn(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
+        def fn(x: torch.Tensor, step: Any) -> None:
             flat = x.detach().reshape(*x.shape[:2], -1)  # [batch, pos, d] (per-head hooks flattened, as capture does)
             if flat.shape[-1] != width:
-                raise ValueError(f"probes at {hook_name!r} expect width {width}, the activations there have {flat.shape[-1]}")
+                raise ValueError(f"probes at {hook!r} expect width {width}, the activations there have {flat.shape[-1]}")
             with torch.no_grad():
                 z = flat.to(W.dtype) @ W + b  # [batch, pos, k]
                 if self.output == "proba":
                     z = torch.sigmoid(z)
                 z = z.to("cpu")
             if first:
-                self._open_or_extend(z.shape[0], z.shape[1])
+                self._open_or_extend(step, z.shape[0])
             run = self.runs[-1]
             for i, n in enumerate(names):
                 run[n].append(z[..., i])
@@ -155,19 +143,17 @@ class ProbeMonitor:
                 if self.callback is not None:
                     self.callback(self._step, {n: run[n][-1][:, -1] for n in self._specs})
                 self._step += 1
-            return x
+            return None
 
-        hook_name = hook
         return fn
 
-    def _open_or_extend(self, batch: int, pos: int) -> None:
+    def _open_or_extend(self, step: Any, batch: int) -> None:
+        """A forward call continuing a KV-cached sequence extends the last run; anything else opens one."""
         run = self.runs[-1] if self.runs else None
-        # transformer-lens sets _capture_hf_cache only inside a KV-cached generate; decode steps
-        # there feed one token per row
-        decoding = getattr(self.model, "_capture_hf_cache", True)
         any_name = next(iter(self._specs))
         self._pending = set(self._specs)
-        if run is not None and pos == 1 and decoding and run[any_name] and run[any_name][0].shape[0] == batch:
+        cached = step is not None and step.past > 0
+        if run is not None and cached and run[any_name] and run[any_name][0].shape[0] == batch:
             return
         self.runs.append({n: [] for n in self._specs})
 

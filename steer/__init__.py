@@ -23,7 +23,7 @@ _LAZY = {
     "SteeringVector": "steer.vector", "ConceptEraser": "steer.erase", "fit_eraser": "steer.erase",
     "actadd": "steer.extract", "compute": "steer.extract", "from_probe": "steer.extract",
     "mean_diff": "steer.extract", "pca": "steer.extract",
-    "apply": "steer.inject", "generate": "steer.inject",
+    "apply": "steer.inject", "generate": "steer.generation",
     "calibrate": "steer.evaluate", "sweep": "steer.evaluate",
     "export_gguf": "steer.gguf_io", "import_gguf": "steer.gguf_io",
     "write_report": "steer.report",
@@ -31,7 +31,8 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from steer.erase import ConceptEraser, fit_eraser
-    from steer.inject import apply, generate
+    from steer.generation import generate
+    from steer.inject import apply
     from steer.extract import actadd, compute, from_probe, mean_diff, pca
     from steer.evaluate import calibrate, sweep
     from steer.gguf_io import export_gguf, import_gguf

@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from steer.inject import Positions, Site, Steering, generate
+from steer.generation import generate
+from steer.inject import Steering
+from steer.inputs import Positions, Site
 from steer.operators import Op
 from steer.vector import SteeringVector
+from steerlens.hooks import hook_kind
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -171,7 +174,7 @@ class _Baseline:
 
 def steering_cost(model: "TransformerBridge", vector: SteeringVector, coeff: float, *,
                   texts: Sequence[str] = NEUTRAL_TEXTS, layers=None, op: Op = "add",
-                  sites: Site | Sequence[Site] = "resid_post", batch_size: int = 8, force: bool = False) -> Cost:
+                  sites: Site | Sequence[Site] | None = None, batch_size: int = 8, force: bool = False) -> Cost:
     """KL and perplexity of neutral ``texts`` steered with ``coeff·vector`` at every position."""
     base = _Baseline(model, texts, batch_size)
     return base.cost(Steering(model, vector, coeff=coeff, layers=layers, op=op, sites=sites, force=force))
@@ -181,7 +184,7 @@ def steering_cost(model: "TransformerBridge", vector: SteeringVector, coeff: flo
 def sweep(model: "TransformerBridge", vector: SteeringVector, coeffs: Sequence[float],
           prompts: Sequence[str] = NEUTRAL_OPENINGS, *, behaviour: Behaviour = None,
           neutral: Sequence[str] = NEUTRAL_TEXTS, layers=None, op: Op = "add", positions: Positions = "all",
-          sites: Site | Sequence[Site] = "resid_post", control: bool = True, max_new_tokens: int = 20,
+          sites: Site | Sequence[Site] | None = None, control: bool = True, max_new_tokens: int = 20,
           do_sample: bool = False, seed: int = 0, batch_size: int = 8, force: bool = False,
           progress: bool = True) -> SweepResult:
     """For each coefficient: behaviour score (mean over ``prompts``), KL and perplexity on
@@ -299,7 +302,7 @@ def _token_ids(model, tokens: Sequence[str | int]) -> list[int]:
 # -- calibrate ----------------------------------------------------------------------------------
 def calibrate(model: "TransformerBridge", vector: SteeringVector, *, kl_budget: float | None = 0.1,
               ppl_budget: float | None = None, texts: Sequence[str] = NEUTRAL_TEXTS, layers=None,
-              op: Literal["add", "add_norm"] = "add", sites: Site | Sequence[Site] = "resid_post",
+              op: Literal["add", "add_norm"] = "add", sites: Site | Sequence[Site] | None = None,
               start: float = 0.25, max_coeff: float = 256.0, steps: int = 6, batch_size: int = 8,
               force: bool = False) -> SteeringVector:
     """The largest coefficient whose mean KL on neutral ``texts`` stays <= ``kl_budget`` nats (and/or
@@ -364,7 +367,7 @@ def calibrate(model: "TransformerBridge", vector: SteeringVector, *, kl_budget: 
     best = max(t["coeff"] for t in tried if t["ok"])
     details = {"kl_budget": kl_budget, "ppl_budget": ppl_budget, "op": op, "n_texts": len(texts),
                "layers": vector.layers if layers is None else layers,
-               "sites": [sites] if isinstance(sites, str) else list(sites),
+               "sites": [hook_kind(vector.hook)] if sites is None else [sites] if isinstance(sites, str) else list(sites),
                "baseline_ppl": base.ppl, "tried": sorted(tried, key=lambda t: t["coeff"]),
                **{k: v for k, v in next(t for t in tried if t["coeff"] == best).items() if k in ("kl", "ppl_ratio")}}
     return vector.with_coeff(best, calibration=details)

@@ -12,6 +12,7 @@ import torch
 from steerlens.activations import Activations, ShardWriter
 from steerlens.hooks import Layers, resolve_hooks
 from steerlens.models import fingerprint, model_name
+from steerlens.steps import intervene
 from steerlens.tokens import check_prompts, tokenize
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def _run(model, prompts, names, pool, positions, batch_size, dtype, progress, si
         got: dict[str, torch.Tensor] = {}
 
         def make_hook(name: str):
-            def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            def hook(x: torch.Tensor, step: Any) -> torch.Tensor:
                 got[name] = _pool(_as_bsd(x, name, input_ids.shape[1]), pool, pos, lengths).to("cpu", dtype)
                 if len(got) == len(names):  # deepest requested hook: skip the rest of the model
                     raise StopAtLayerException(x)
@@ -93,7 +94,7 @@ def _run(model, prompts, names, pool, positions, batch_size, dtype, progress, si
 
             return hook
 
-        with torch.inference_mode(), model.hooks(fwd_hooks=[(n, make_hook(n)) for n in names]):
+        with torch.inference_mode(), intervene(model, {n: make_hook(n) for n in names}):
             model(input_ids.to(device), attention_mask=mask.to(device), return_type=None)
         missing = [n for n in names if n not in got]
         if missing:

@@ -100,7 +100,7 @@ def test_operator_matches_concept_erasure_and_keeps_bf16(acts):
 
 
 # -- inside the model ----------------------------------------------------------------------------
-@pytest.mark.parametrize("positions", ["all", [0, -1], [2, 3]])
+@pytest.mark.parametrize("positions", ["all", [0, -1], [1, 2]])
 def test_apply_erases_exactly_the_steered_positions(tiny, eraser, positions):
     ids, mask, lengths = tokenize(tiny, PROMPTS, padding_side="left")
     name = f"blocks.{LAYER}.hook_resid_post"
@@ -114,7 +114,7 @@ def test_apply_erases_exactly_the_steered_positions(tiny, eraser, positions):
     assert (got[sel] - plain[sel]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("positions", ["all", "generated", [0, 3, -1]])
+@pytest.mark.parametrize("positions", ["all", "generated", [0, 2, -1]])
 def test_kv_cache_generation_equals_full_recompute(tiny, eraser, positions):
     n_new = 6
     ids, mask, lengths = tokenize(tiny, PROMPTS, padding_side="left")
@@ -215,7 +215,7 @@ def test_apply_errors(tiny, eraser):
         steer.apply(tiny, eraser, op="add")
     with pytest.raises(ValueError, match="takes no coeff"):
         steer.apply(tiny, eraser, op="erase", coeff=2.0)
-    with pytest.raises(ValueError, match="not fitted at layer 0"):
+    with pytest.raises(ValueError, match=r"not fitted at layers \[0\]"):
         steer.apply(tiny, ConceptEraser({LAYER: eraser[LAYER]}), op="erase", layers=[0])
     with pytest.raises(ValueError, match="sites='resid_post'"):
         steer.apply(tiny, eraser, op="erase", sites="mlp_out")
