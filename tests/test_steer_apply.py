@@ -322,3 +322,109 @@ def test_bad_input_errors(tiny):
     with pytest.raises(ValueError, match="2 per-row vectors for 4 prompts"):
         steer.generate(tiny, PROMPTS, [v, v])
     assert no_hooks_left(tiny)
+
+
+# -- hardening: inputs that used to give internal errors or silently wrong results ----------------
+def test_coefficients_that_overflow_or_are_not_numbers_are_refused(tiny):
+    v = rand_vec(0)
+    for huge in (1e39, 1e20, [1.0, 1e30]):
+        with pytest.raises(ValueError, match="too large"):
+            steer.apply(tiny, [v, v] if isinstance(huge, list) else v, coeff=huge)
+    for bad in ("12", b"1", True, ["1", 2.0], [True, 1.0], {"a": 1}):
+        with pytest.raises(TypeError, match="coeff"):
+            steer.apply(tiny, v, coeff=bad)
+    # under the bound the output is finite, or (if the model's numerics overflow) a ValueError
+    out = steer.generate(tiny, PROMPTS[:2], v, coeff=1e12, max_new_tokens=2, return_tokens=True)
+    assert len(out) == 2
+    assert no_hooks_left(tiny)
+
+
+def test_a_vector_is_applied_at_the_hook_it_was_taken_at(tiny):
+    v = rand_vec(1)
+    mlp = v.replace(hook="blocks.1.hook_mlp_out")
+    ids, mask, _ = tokenize(tiny, PROMPTS, padding_side="left")
+    with torch.inference_mode(), steer.apply(tiny, mlp, coeff=2.0):
+        got = tiny(ids, attention_mask=mask)
+    hook = [("blocks.1.hook_mlp_out", lambda x, hook: x + 2.0 * v[LAYER])]
+    with torch.inference_mode(), tiny.hooks(fwd_hooks=hook):
+        want = tiny(ids, attention_mask=mask)
+    real = mask.bool()  # steering leaves pads alone; the manual hook shifts them too
+    torch.testing.assert_close(got[real], want[real], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="taken at"):
+        steer.apply(tiny, mlp, sites="resid_post")
+    with pytest.raises(ValueError, match="not a residual-stream write"):
+        steer.apply(tiny, v.replace(hook="blocks.1.hook_resid_mid"))
+    steer.apply(tiny, mlp, op="ablate", sites="all")  # a direction may be ablated at any residual write
+
+
+def test_negative_layer_keys_count_from_the_end(tiny):
+    d = torch.randn(64, generator=torch.Generator().manual_seed(3))
+    ids, mask, _ = tokenize(tiny, PROMPTS[:2], padding_side="left")
+    with torch.inference_mode():
+        with steer.apply(tiny, {-1: d}):
+            a = tiny(ids, attention_mask=mask)
+        with steer.apply(tiny, {2: d}):
+            b = tiny(ids, attention_mask=mask)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="out of range"):
+        steer.apply(tiny, {-4: d})
+    with pytest.raises(ValueError, match="twice"):
+        steer.apply(tiny, {-1: d, 2: d})
+
+
+def test_explicit_positions_outside_the_prompt_are_refused(tiny):
+    with pytest.raises(ValueError, match="outside the prompt of row 0"):
+        with steer.apply(tiny, rand_vec(0), positions=[10]):
+            tiny("hi")
+    with pytest.raises(ValueError, match="outside the prompt"):
+        steer.generate(tiny, ["hi", "hello"], rand_vec(0), positions=[-4])
+    assert no_hooks_left(tiny)
+
+
+def test_per_row_vectors_at_different_layers_stay_on_their_own_layers(tiny):
+    a, b = rand_vec(4, norm=2.0, layers=(0,)), rand_vec(5, norm=2.0, layers=(2,))
+    ids, mask, _ = tokenize(tiny, PROMPTS[:2], padding_side="left")
+    with torch.inference_mode(), steer.apply(tiny, [a, b], coeff=[1.0, 1.0]):
+        both = tiny(ids, attention_mask=mask)
+    for r, v in enumerate((a, b)):
+        with torch.inference_mode(), steer.apply(tiny, [v if i == r else None for i in range(2)], coeff=[1.0, 1.0]):
+            solo = tiny(ids, attention_mask=mask)
+        torch.testing.assert_close(both[r], solo[r], atol=1e-6, rtol=0)
+
+
+def test_per_row_positions_are_sliced_with_the_rows(tiny):
+    v = rand_vec(6, norm=3.0)
+    pos = [[0], [-1], [1, 2], [-2]]
+    whole = steer.generate(tiny, PROMPTS, v, positions=pos, max_new_tokens=4, stop_at_eos=False, return_tokens=True)
+    chunked = steer.generate(tiny, PROMPTS, v, positions=pos, max_new_tokens=4, stop_at_eos=False,
+                             return_tokens=True, batch_size=3)
+    solo = [steer.generate(tiny, [p], v, positions=[q], max_new_tokens=4, stop_at_eos=False, return_tokens=True)[0]
+            for p, q in zip(PROMPTS, pos)]
+    assert whole == chunked == solo
+    with pytest.raises(ValueError, match="3 per-row lists for 4 prompts"):
+        steer.generate(tiny, PROMPTS, v, positions=pos[:3])
+
+
+def test_seeded_sampling_is_per_row_and_leaves_every_global_rng_alone(tiny):
+    state = torch.random.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    kw = dict(do_sample=True, seed=7, max_new_tokens=6, stop_at_eos=False, return_tokens=True)
+    batched = steer.generate(tiny, PROMPTS, **kw)
+    assert steer.generate(tiny, PROMPTS, batch_size=1, **kw) == batched
+    assert steer.generate(tiny, PROMPTS[1:], **{**kw, "seed": 8}) == batched[1:]  # row i draws from seed + i
+    assert steer.generate(tiny, PROMPTS, **{**kw, "seed": 9}) != batched
+    assert torch.equal(torch.random.get_rng_state(), state)
+    if cuda is not None:
+        assert all(torch.equal(a, b) for a, b in zip(torch.cuda.get_rng_state_all(), cuda))
+    for bad in (dict(temperature=0), dict(top_p=1.5), dict(top_k=0), dict(seed=-1), dict(seed="1")):
+        with pytest.raises(ValueError):
+            steer.generate(tiny, PROMPTS[:1], **{**kw, **bad})
+
+
+def test_prompt_plus_max_new_tokens_longer_than_the_context(tiny):
+    prompt = "x" * 250  # 251 tokens with BOS; the tiny model's context is 256
+    assert len(steer.generate(tiny, prompt, max_new_tokens=5, return_tokens=True)) <= 5
+    with pytest.raises(ValueError, match="max_new_tokens=6: 257 tokens do not fit the model's context of 256"):
+        steer.generate(tiny, prompt, max_new_tokens=6)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        steer.generate(tiny, "hi", max_new_tokens=0)
