@@ -1,10 +1,10 @@
 """Second-moment statistics C = E[k kᵀ] of MLP keys at one layer (ROME eq. 2's C), streamed in
-float64 and cached on disk under (model fingerprint, layer, corpus hash, token budget)."""
+float64 and cached on disk under everything that changes them (model fingerprint, layer, corpus
+hash, token budget, chunk length and, for model-sampled text, the sampling batch)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
@@ -99,28 +99,58 @@ class KeyStatistics:
 
 def corpus_texts(corpus: str | os.PathLike | Sequence[str]) -> list[str]:
     """Documents from a list of strings, ``"shipped"`` (``shipped_corpus()``) or a file:
-    ``.jsonl`` (field ``text``, ``prompt``, ``positive``/``negative``), else plain text, one
-    document per blank-line-separated block."""
+    ``.jsonl`` (one object per line with a string field ``text``, ``prompt`` or
+    ``positive``/``negative``), else plain text, one document per blank-line-separated block."""
     if isinstance(corpus, str) and corpus == SHIPPED and not Path(corpus).exists():
         return shipped_corpus()
     if isinstance(corpus, (list, tuple)):
-        texts = [str(t) for t in corpus if str(t).strip()]
-    else:
+        bad = next((i for i, t in enumerate(corpus) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise TypeError(f"corpus[{bad}] must be a str, got {type(corpus[bad]).__name__}")
+        texts = [t for t in corpus if t.strip()]
+    elif isinstance(corpus, (str, os.PathLike)):
         path = Path(corpus)
         if not path.is_file():
             raise FileNotFoundError(f"corpus file not found: {path}")
-        raw = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            texts = []
-            for line in raw.splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    texts += [row[k] for k in ("text", "prompt", "positive", "negative") if isinstance(row.get(k), str)]
-        else:
-            texts = [b.strip() for b in raw.split("\n\n") if b.strip()]
+        texts = _jsonl_texts(path) if path.suffix == ".jsonl" else _plain_texts(path)
+        if not texts:
+            raise ValueError(f"the corpus file {path} holds no text")
+    else:
+        raise TypeError(f"corpus must be a path, 'shipped' or a list of strings, got {type(corpus).__name__}")
     if not texts:
         raise ValueError("the corpus holds no text")
     return texts
+
+
+_TEXT_FIELDS = ("text", "prompt", "positive", "negative")
+
+
+def _jsonl_texts(path: Path) -> list[str]:
+    """The text fields of each line of a JSONL corpus; ``ValueError`` naming ``file:line`` of a bad line."""
+    from steerlens.io import read_jsonl
+
+    rows = read_jsonl(path)  # rejects lines that are not JSON objects, naming them
+    # the line number of each row (read_jsonl skips the same blank lines)
+    numbers = [i for i, line in enumerate(path.read_bytes().split(b"\n"), 1) if line.decode("utf-8", "replace").strip()]
+    texts = []
+    for i, row in zip(numbers, rows):
+        fields = [k for k in _TEXT_FIELDS if k in row]
+        if not fields:
+            raise ValueError(f"{path}:{i}: the line has none of the text fields {list(_TEXT_FIELDS)} "
+                             f"(it has {sorted(row)})")
+        for k in fields:
+            if not isinstance(row[k], str):
+                raise ValueError(f"{path}:{i}: field {k!r} must be a string, got {row[k]!r}")
+            texts.append(row[k])
+    return [t for t in texts if t.strip()]
+
+
+def _plain_texts(path: Path) -> list[str]:
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    return [b.strip() for b in raw.split("\n\n") if b.strip()]
 
 
 def corpus_hash(corpus: str | os.PathLike | Sequence[str] | None, seed: int) -> str:
@@ -129,8 +159,13 @@ def corpus_hash(corpus: str | os.PathLike | Sequence[str] | None, seed: int) -> 
     return hashlib.sha256("\x00".join(corpus_texts(corpus)).encode()).hexdigest()[:16]
 
 
-def cache_path(model: "TransformerBridge", layer: int, chash: str, n_tokens: int) -> Path:
-    return cache_dir() / "editing" / "stats" / f"{fingerprint(model)}-L{layer}-{chash}-{n_tokens}.safetensors"
+def cache_path(model: "TransformerBridge", layer: int, chash: str, n_tokens: int, chunk_tokens: int,
+               sample_batch: int | None = None) -> Path:
+    """Where the statistics of one request are cached: named by everything that changes them
+    (``sample_batch``, the rows sampled at a time, only for model-sampled text)."""
+    batch = "" if sample_batch is None else f"-b{sample_batch}"
+    name = f"{fingerprint(model)}-L{layer}-{chash}-{n_tokens}-c{chunk_tokens}{batch}.safetensors"
+    return cache_dir() / "editing" / "stats" / name
 
 
 def key_statistics(
@@ -161,8 +196,14 @@ def key_statistics(
         n_tokens = DEFAULT_TOKENS if corpus is None else DEFAULT_CORPUS_TOKENS
     if n_tokens < 2:
         raise ValueError(f"n_tokens must be >= 2, got {n_tokens}")
+    if not 2 <= chunk_tokens <= int(model.cfg.n_ctx):
+        raise ValueError(f"chunk_tokens must be in 2..{model.cfg.n_ctx} (model.cfg.n_ctx), got {chunk_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     chash = corpus_hash(corpus, seed)
-    path = cache_path(model, layer, chash, n_tokens)
+    # batching changes the sampled text (each batch has its own seed), not the keys of a given corpus
+    sample_batch = max(batch_size, SAMPLE_BATCH) if corpus is None else None
+    path = cache_path(model, layer, chash, n_tokens, chunk_tokens, sample_batch)
     if cache and str(path) in _MEMO:
         return _MEMO[str(path)]
     if cache and path.is_file():
@@ -173,7 +214,7 @@ def key_statistics(
     t0 = time.perf_counter()
     fitter = CovarianceFitter(int(model.cfg.d_mlp))
     bar = tqdm(total=n_tokens, desc=f"key statistics L{layer}", unit="tok", disable=not progress)
-    for ids, mask in _chunks(model, corpus, n_tokens, seed, batch_size, chunk_tokens):
+    for ids, mask in _chunks(model, corpus, n_tokens, seed, sample_batch or batch_size, chunk_tokens):
         with torch.no_grad():
             k = run_until(model, ids, mask, key_hook(layer))
         real = mask.bool().clone()
@@ -185,7 +226,8 @@ def key_statistics(
             break
     bar.close()
     stats = fitter.finalize(model=model_name(model), fingerprint=fingerprint(model), layer=layer,
-                            corpus_hash=chash, n_tokens=n_tokens, seconds=time.perf_counter() - t0)
+                            corpus_hash=chash, n_tokens=n_tokens, chunk_tokens=chunk_tokens, sample_batch=sample_batch,
+                            seconds=time.perf_counter() - t0)
     if cache:
         stats.save(path)
         _MEMO[str(path)] = stats
@@ -201,7 +243,7 @@ def _chunks(model, corpus, n_tokens, seed, batch_size, chunk_tokens):
         i, produced = 0, 0
         while True:
             left = math.ceil(max(n_tokens - produced, 1) / (chunk_tokens - 1))  # rows still needed
-            n = min(max(batch_size, SAMPLE_BATCH), left)
+            n = min(batch_size, left)
             texts = sample(model, None, n=n, max_new_tokens=chunk_tokens - 1, seed=seed + i, batch_size=n)
             i, produced = i + 1, produced + n * (chunk_tokens - 1)
             yield pad([encode(model, t)[:chunk_tokens] for t in texts], pad_id(model))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from editing import _model as M
-from editing.rome import Mode, Request, RomeConfig, edit
+from editing.rome import Mode, Request, RomeConfig, check_context, edit
 from steerlens.models import fingerprint, model_name
 
 if TYPE_CHECKING:
@@ -116,6 +116,24 @@ def n_gram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[floa
     return float(sum(vals) / len(vals))
 
 
+def check_lengths(model: "TransformerBridge", requests: Sequence[Request], *, fluency_tokens: int = 0,
+                  neutral_texts: Sequence[str] = ()) -> None:
+    """Raise ``ValueError`` naming the first prompt that, with its longest target (or the
+    ``fluency_tokens`` sampled after it), does not fit the model's context."""
+    for i, r in enumerate(requests):
+        targets = {"target_true": r.target_true, **({"target_new": r.target_new} if r.target_new else {})}
+        n_tgt = {name: len(M.encode_target(model, t, name)) for name, t in targets.items()}
+        name = max(n_tgt, key=n_tgt.get)
+        for kind, ps in (("prompt", [r.prompt]), ("paraphrases", list(r.paraphrases)), ("neighbourhood", list(r.neighbourhood))):
+            for j, p in enumerate(ps):
+                what = f"requests[{i}].{kind}" + ("" if kind == "prompt" else f"[{j}]")
+                check_context(model, what, len(M.encode(model, p)), n_tgt[name], f"its {name}")
+        if fluency_tokens > 0:
+            check_context(model, f"requests[{i}].prompt", len(M.encode(model, r.prompt)), fluency_tokens, "fluency_tokens")
+    for i, t in enumerate(neutral_texts):
+        check_context(model, f"neutral_texts[{i}]", len(M.encode(model, t)))
+
+
 def fact_metrics(model: "TransformerBridge", requests: Sequence[Request], *, fluency: dict[str, float] | None = None) -> list[FactMetrics]:
     """CounterFact metrics for each request on the model as it is now (one batched pass)."""
     prompts, targets, index = [], [], []
@@ -206,6 +224,7 @@ def evaluate(
 ) -> tuple[Evaluation, torch.Tensor]:
     """Evaluate ``requests`` on the model as it is; returns the ``Evaluation`` and the neutral
     log-probabilities (pass them as ``reference`` to get the KL of a later state)."""
+    check_lengths(model, requests, fluency_tokens=fluency_tokens if fluency_samples > 0 else 0, neutral_texts=neutral_texts)
     flu = fluency(model, [r.prompt for r in requests], samples=fluency_samples, tokens=fluency_tokens, seed=seed)
     facts = fact_metrics(model, requests, fluency=flu or None)
     ppl, kl, lp = neutral_metrics(model, neutral_texts, reference)
@@ -239,6 +258,7 @@ def evaluate_edits(
     if not requests:
         raise ValueError("requests is empty")
     layer = M.default_layer(model) if layer is None else M.check_layer(model, layer)
+    check_lengths(model, requests, fluency_tokens=fluency_tokens if fluency_samples > 0 else 0, neutral_texts=neutral_texts)
     if stats is None:
         stats = key_statistics(model, layer, corpus=corpus, n_tokens=config.n_tokens, seed=config.seed, progress=progress)
     kw = dict(fluency_samples=fluency_samples, fluency_tokens=fluency_tokens, neutral_texts=neutral_texts, seed=config.seed)

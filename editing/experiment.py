@@ -28,16 +28,20 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
         from steerlens.io import read_jsonl
 
         return {"edits": read_jsonl(path)}
-    if path.suffix == ".json":
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    elif path.suffix == ".toml":
-        import tomllib
-
-        spec = tomllib.loads(path.read_text(encoding="utf-8"))
-    else:
+    if path.suffix not in (".json", ".toml"):
         raise ValueError(f"experiment file must be .jsonl, .json or .toml, got {path.name}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            spec = json.loads(text)
+        else:
+            import tomllib
+
+            spec = tomllib.loads(text)
+    except ValueError as e:  # JSONDecodeError, TOMLDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path}: not valid {path.suffix[1:].upper()} ({e})") from None
     if not isinstance(spec, dict):
-        raise ValueError("the experiment spec must be an object")
+        raise ValueError(f"{path}: the experiment spec must be an object, got {type(spec).__name__}")
     unknown = set(spec) - _OPTIONS
     if unknown:
         raise ValueError(f"unknown experiment options {sorted(unknown)}; allowed: {sorted(_OPTIONS)}")
@@ -51,7 +55,12 @@ def requests_from_spec(spec: dict[str, Any]) -> list:
 
     facts = None
     out = []
-    for i, row in enumerate(spec.get("edits") or []):
+    edits = spec.get("edits") or []
+    if not isinstance(edits, list):
+        raise ValueError(f"edits must be a list of objects, got {type(edits).__name__}")
+    for i, row in enumerate(edits):
+        if not isinstance(row, dict):
+            raise ValueError(f"edits[{i}] must be an object, got {row!r}")
         if set(row) == {"id"}:
             facts = facts or {r.id: r for r in data.load("facts")}
             if row["id"] not in facts:

@@ -100,11 +100,18 @@ def rank_one_update(
     return torch.outer(lam, u)
 
 
+#: attribute of an edited weight: S, the sum of the ΔW of its edits not reverted yet (float32, stored
+#: layout), so ``W − S`` is the weight without them; edits and reverts keep ``W − S``, other changes do not
+_LIVE = "_steerlens_rome_live"
+
+
 @dataclass(eq=False)
 class EditHandle:
     """Reverts one weight edit. ``revert()`` restores the weight bit-exactly when no later edit
     touched the same weight (it copies the saved original back); otherwise it subtracts this
-    edit's own ΔW, which restores the original within float rounding in any order."""
+    edit's own ΔW, which restores the original within float rounding in any order. It refuses
+    (``ValueError``) a second revert, and a revert after this edit's update left the weight
+    some other way (e.g. original weights copied back), which would subtract it from clean weights."""
 
     model: Any = field(repr=False)
     layer: int
@@ -113,30 +120,62 @@ class EditHandle:
     _after: torch.Tensor | None = field(repr=False, default=None)
     _delta: torch.Tensor | None = field(repr=False, default=None)  # in the stored layout, float32
     reverted: bool = False
+    _mark: float | None = field(repr=False, default=None)  # _along(weight) right after the edit
 
     @property
     def weight(self) -> torch.nn.Parameter:
         return M.down_proj(self.model, self.layer)[0]
 
+    def _along(self, w: torch.Tensor) -> float | None:
+        """⟨W − S, ΔŴ⟩: the weight without the live edits, projected on this edit's unit ΔW; edits
+        and reverts leave it as it is (to float rounding), removing this ΔW another way shifts it by ‖ΔW‖."""
+        live = getattr(w, _LIVE, None)
+        if live is None:
+            return None
+        return float(((w.float() - live) * self._delta).sum() / self._delta.norm().clamp_min(1e-30))
+
     @torch.no_grad()
     def revert(self) -> None:
+        """Take this edit's ΔW out of the weight (see the class docstring for when it refuses)."""
         if self.reverted:
-            return
+            raise ValueError(f"this edit (layer {self.layer}) was already reverted; a second revert would "
+                             "subtract its update from weights that no longer hold it")
         w = self.weight
+        now = self._along(w)
+        if now is None or abs(now - self._mark) > 0.5 * float(self._delta.norm()):
+            raise ValueError(
+                f"this edit's update is no longer in the layer {self.layer} down-projection weight: the weight "
+                "was restored or changed outside its EditHandles since the edit, so reverting would subtract "
+                "the update from weights that lack it. Nothing was changed; reload the model to get its "
+                "original weights.")
         if torch.equal(w, self._after):
             w.copy_(self._before)
         else:  # a later edit changed this weight: take out our own ΔW only
             w.copy_((w.float() - self._delta).to(w.dtype))
+        setattr(w, _LIVE, getattr(w, _LIVE) - self._delta)
         self.reverted = True
 
     def __enter__(self) -> "EditHandle":
         return self
 
     def __exit__(self, *exc) -> None:
-        self.revert()
+        if not self.reverted:
+            self.revert()
 
 
-def _check_request(model, request: Request, mode: Mode) -> tuple[list[int], list[int] | None]:
+def check_context(model: "TransformerBridge", what: str, n: int, added: int = 0, added_what: str = "") -> None:
+    """Raise ``ValueError`` when ``what`` (``n`` tokens) plus ``added`` tokens (of ``added_what``)
+    do not fit the model's context ``model.cfg.n_ctx``."""
+    n_ctx = int(model.cfg.n_ctx)
+    if n + added > n_ctx:
+        plus = f" and {added_what} adds {added}" if added else ""
+        raise ValueError(f"{what} is {n} tokens long{plus}: {n + added} tokens do not fit the model's context "
+                         f"of {n_ctx} tokens (model.cfg.n_ctx); shorten it")
+
+
+def _check_request(model, request: Request, mode: Mode, prefixes: Sequence[str] = ()) -> tuple[list[int], list[int] | None]:
+    """Validate ``request`` for ``mode`` (its prompt, with the longest of ``prefixes`` and the
+    target, must fit the context) and return the token ids of (target_true, target_new)."""
     for name in ("prompt", "subject"):
         if not isinstance(getattr(request, name, None), str) or not getattr(request, name):
             raise ValueError(f"request.{name} must be a non-empty string")
@@ -147,6 +186,9 @@ def _check_request(model, request: Request, mode: Mode) -> tuple[list[int], list
     new_ids = M.encode_target(model, request.target_new, "target_new") if mode == "rewrite" else None
     if new_ids is not None and new_ids == true_ids:
         raise ValueError(f"target_new {request.target_new!r} equals target_true")
+    n = max(len(M.encode(model, M.with_prefix(p, request.prompt)[0])) for p in ["", *prefixes])
+    tgt, tgt_name = (new_ids, "target_new") if mode == "rewrite" else (true_ids, "target_true")
+    check_context(model, "request.prompt" + (" with its longest prefix" if prefixes else ""), n, len(tgt), tgt_name)
     return true_ids, new_ids
 
 
@@ -185,7 +227,7 @@ def compute_value(
     rank-one update will apply there, so the optimised loss is the edited model's loss.
     Returns ``(v_star, delta, losses)``.
     """
-    true_ids, new_ids = _check_request(model, request, mode)
+    true_ids, new_ids = _check_request(model, request, mode, prefixes)
     tgt = new_ids if mode == "rewrite" else true_ids
     dev = M.device_of(model)
     texts = [M.with_prefix(p, request.prompt) for p in ["", *prefixes]]
@@ -285,8 +327,12 @@ def edit(
     leaves the model as it was.
     """
     layer = M.default_layer(model) if layer is None else M.check_layer(model, layer)
-    _check_request(model, request, mode)
+    _check_request(model, request, mode)  # before sampling prefixes or statistics
     seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    pre = M.prefixes(model, config.n_prefixes, config.prefix_tokens, config.seed)
+    _check_request(model, request, mode, pre)
+    seconds["prefixes"] = time.perf_counter() - t
     t = time.perf_counter()
     if stats is None:
         stats = key_statistics(model, layer, corpus=corpus, n_tokens=config.n_tokens, seed=config.seed, progress=progress)
@@ -297,7 +343,6 @@ def edit(
     seconds["stats"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    pre = M.prefixes(model, config.n_prefixes, config.prefix_tokens, config.seed)
     k_star = compute_key(model, layer, request.prompt, request.subject, pre)
     seconds["key"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -315,10 +360,13 @@ def edit(
         # float32 math, cast back to the model's dtype
         weight.copy_((weight.float() + d_stored).to(weight.dtype))
         after = weight.detach().clone()
+        applied = after.float() - before.float()  # the exact ΔW that landed (after rounding to the weight's dtype)
+        setattr(weight, _LIVE, getattr(weight, _LIVE, 0) + applied)
     seconds["update"] = time.perf_counter() - t
     result = EditResult(layer, mode, k_star, v_star, delta, losses, seconds)
-    # the exact ΔW that landed (after rounding to the weight's dtype)
-    return EditHandle(model, layer, result, before, after, after.float() - before.float())
+    handle = EditHandle(model, layer, result, before, after, applied)
+    handle._mark = handle._along(weight)
+    return handle
 
 
 def erase(model: "TransformerBridge", request: Request, **kwargs) -> EditHandle:
@@ -333,7 +381,8 @@ def edited(model: "TransformerBridge", request: Request, **kwargs) -> Iterator[E
     try:
         yield handle
     finally:
-        handle.revert()
+        if not handle.reverted:
+            handle.revert()
 
 
 _INV: dict[tuple, tuple[KeyStatistics, torch.Tensor]] = {}

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from editing import _model as M
+from editing.rome import check_context
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -149,6 +150,7 @@ def causal_trace(
     if not 1 <= window <= n_layers:
         raise ValueError(f"window must be in 1..{n_layers}, got {window}")
     row = M.encode(model, prompt)
+    check_context(model, "prompt", len(row))
     last = M.subject_last(model, prompt, subject)
     from steerlens.tokens import token_span
 

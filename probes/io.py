@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from probes.estimators import _LinearProbe
+from steer.vector import DICT, OPT_DICT, OPT_INT, OPT_STR, POS_INT, STR, Check, check_tensors, naming, read_checked
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -21,6 +22,15 @@ FORMAT = "steerlens.probe"
 VERSION = 1
 _ARRAYS = ("coef_", "intercept_", "direction_", "mean_", "scale_")
 _SCALARS = ("C_", "shrinkage_", "n_iter_", "n_features_in_")
+
+_CLASSES: Check = (lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(c, (str, int, float)) for c in v),
+                   "a list of two class labels")
+#: metadata checked on load
+_FIELDS: dict[str, Check] = {
+    "method": STR, "params": DICT, "classes": _CLASSES, "width": POS_INT, "fitted": DICT, "hook": OPT_STR,
+    "layer": OPT_INT, "model": OPT_STR, "fingerprint": OPT_STR, "dataset": OPT_STR, "dataset_hash": OPT_STR,
+    "metrics": OPT_DICT, "created": OPT_STR,
+}
 
 
 def save_probe(
@@ -76,27 +86,20 @@ def load_probe(path: str | os.PathLike, model: "TransformerBridge | None" = None
     """Read a probe file. With ``model``, its width must match the probe's hook and its
     fingerprint the one recorded (``force=True`` loads a probe onto another model with a
     warning; a width mismatch is always an error). ``probe.meta_`` holds the metadata."""
-    from steerlens.io import load_tensors
-
     from probes.sweep import make_probe
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"probe file not found: {path}")
-    try:
-        tensors, meta = load_tensors(path)
-    except Exception as e:  # noqa: BLE001 - any parse failure means "not a probe file"
-        raise ValueError(f"{path} is not a readable safetensors probe file ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a steerlens probe file (format {meta.get('format')!r})")
-    if int(meta.get("version", 0)) > VERSION:
-        raise ValueError(f"{path} has probe format version {meta['version']}; this steerlens reads up to {VERSION}")
+    tensors, meta = read_checked(path, FORMAT, VERSION, "probe", _FIELDS, ("method", "params", "classes", "width"))
+    w = meta["width"]
+    check_tensors(path, tensors, {"coef": (1, w), "intercept": (1,), "direction": (w,), "mean": (w,), "scale": (w,)},
+                  f"metadata width {w}")
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items()}
-    probe = make_probe(meta["method"], **params)
+    with naming(path):
+        probe = make_probe(meta["method"], **params)
     for k in _ARRAYS:
         setattr(probe, k, tensors[k.rstrip("_")].numpy().astype(np.float32))
     for k, v in meta.get("fitted", {}).items():
-        setattr(probe, k, v)
+        if k in _SCALARS:
+            setattr(probe, k, v)
     probe.classes_ = np.asarray(meta["classes"])
     probe.n_features_in_ = int(probe.coef_.shape[1])
     probe.meta_ = {k: v for k, v in meta.items() if k not in ("params", "fitted")}

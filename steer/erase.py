@@ -21,7 +21,7 @@ from jaxtyping import Float
 
 from probes.inputs import layer_hooks, row_labels
 from steer.operators import EraserTensors, erase
-from steer.vector import _now, check_model, read_checked
+from steer.vector import PROVENANCE, _now, check_model, check_tensors, naming, read_checked
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -122,14 +122,16 @@ class ConceptEraser:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ConceptEraser":
-        tensors, meta = read_checked(path, FORMAT, VERSION, "concept eraser")
-        parts: dict[int, dict[str, torch.Tensor]] = {}
-        for key, t in tensors.items():
-            _, layer, part = key.split(".")
-            parts.setdefault(int(layer), {})[part] = t
+        """Read a file written by ``save``; ``ValueError`` naming the file if it is not a valid one."""
+        tensors, meta = read_checked(path, FORMAT, VERSION, "concept eraser", PROVENANCE, ("layers", "d_model"))
+        layers, d = meta["layers"], meta["d_model"]
+        shapes = {f"layer.{layer}.{part}": shape for layer in layers
+                  for part, shape in zip(_PARTS, ((d, None), (None, d), (d,)))}
+        check_tensors(path, tensors, shapes, f"metadata layers {layers} and d_model {d}")
         fields = {f.name for f in dataclasses.fields(cls)} - {"erasers"}
-        return cls(erasers={layer: EraserTensors(**p) for layer, p in parts.items()},
-                   **{k: v for k, v in meta.items() if k in fields and v is not None})
+        with naming(path):
+            return cls(erasers={layer: EraserTensors(*(tensors[f"layer.{layer}.{p}"] for p in _PARTS)) for layer in layers},
+                       **{k: v for k, v in meta.items() if k in fields and v is not None})
 
 
 def fit_eraser(acts: "Activations | Mapping[str, torch.Tensor]", labels: Sequence | np.ndarray | torch.Tensor | None = None,
@@ -174,12 +176,13 @@ def _tensors(e: Any, layer: int) -> EraserTensors:
     if len(parts) != 3 or parts[0] is None or parts[1] is None:
         raise TypeError(f"the eraser at layer {layer} must be (proj_left, proj_right, bias) or a "
                         f"LeaceEraser, got {type(e).__name__}")
-    left, right = (torch.as_tensor(t).detach().to("cpu", torch.float32).contiguous() for t in parts[:2])
+    # own copies: tensors shared between layers or parts (e.g. right = left.T) cannot be saved
+    left, right = (torch.as_tensor(t).detach().to("cpu", torch.float32).clone(memory_format=torch.contiguous_format) for t in parts[:2])
     if left.ndim != 2 or right.ndim != 2 or right.shape != left.shape[::-1]:
         raise ValueError(f"the eraser at layer {layer}: proj_left {tuple(left.shape)} and proj_right "
                          f"{tuple(right.shape)} must be [d, k] and [k, d]")
     bias = torch.zeros(left.shape[0]) if parts[2] is None else torch.as_tensor(parts[2]).detach().to("cpu", torch.float32)
-    bias = bias.reshape(-1).contiguous()
+    bias = bias.reshape(-1).clone()
     if bias.numel() != left.shape[0]:
         raise ValueError(f"the eraser at layer {layer}: bias has {bias.numel()} entries, proj_left {left.shape[0]} rows")
     out = EraserTensors(left, right, bias)

@@ -10,7 +10,8 @@ import dataclasses
 import datetime as _dt
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +80,7 @@ class SteeringVector:
         for layer, v in sorted(self.directions.items()):
             if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
                 raise ValueError(f"layers are non-negative block indices, got {layer!r}")
-            v = torch.as_tensor(v).detach().to("cpu", torch.float32).reshape(-1)
+            v = torch.as_tensor(v).detach().to("cpu", torch.float32).reshape(-1).clone()  # own memory: saveable
             if not torch.isfinite(v).all():
                 raise ValueError(f"the direction at layer {layer} holds NaN or inf")
             if width is not None and v.numel() != width:
@@ -231,8 +232,12 @@ class SteeringVector:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SteeringVector":
-        tensors, meta = read_checked(path, FORMAT, VERSION, "steering vector")
-        return cls.from_metadata({int(k[len(_PREFIX):]): v for k, v in tensors.items()}, meta)
+        """Read a file written by ``save``; ``ValueError`` naming the file if it is not a valid one."""
+        tensors, meta = read_checked(path, FORMAT, VERSION, "steering vector", VECTOR_FIELDS, ("layers", "d_model"))
+        layers, d = meta["layers"], meta["d_model"]
+        check_tensors(path, tensors, {f"{_PREFIX}{k}": (d,) for k in layers}, f"metadata layers {layers} and d_model {d}")
+        with naming(path):
+            return cls.from_metadata({k: tensors[f"{_PREFIX}{k}"] for k in layers}, meta)
 
     @classmethod
     def from_metadata(cls, directions: Mapping[int, torch.Tensor], meta: Mapping[str, Any]) -> "SteeringVector":
@@ -240,17 +245,77 @@ class SteeringVector:
         return cls(directions=directions, **{k: v for k, v in meta.items() if k in fields and v is not None})
 
 
-def read_checked(path: str | os.PathLike, fmt: str, version: int, what: str) -> tuple[dict[str, torch.Tensor], dict]:
+# -- file checks shared by vector, eraser and probe files -----------------------------------------
+#: a metadata value check: (predicate, what is allowed)
+Check = tuple[Callable[[Any], bool], str]
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+STR: Check = (lambda v: isinstance(v, str), "a string")
+OPT_STR: Check = (lambda v: v is None or isinstance(v, str), "a string or null")
+POS_INT: Check = (lambda v: _is_int(v) and v > 0, "a positive integer")
+OPT_INT: Check = (lambda v: v is None or _is_int(v), "an integer or null")
+OPT_NUMBER: Check = (lambda v: v is None or _is_int(v) or isinstance(v, float), "a number or null")
+DICT: Check = (lambda v: isinstance(v, dict), "a JSON object")
+OPT_DICT: Check = (lambda v: v is None or isinstance(v, dict), "a JSON object or null")
+LAYERS: Check = (lambda v: isinstance(v, list) and bool(v) and all(_is_int(x) and x >= 0 for x in v)
+                 and len(set(v)) == len(v), "a non-empty list of distinct non-negative integers")
+#: the metadata of vector and eraser files (``metadata()``), checked on load
+PROVENANCE: dict[str, Check] = {
+    "hook": STR, "layers": LAYERS, "d_model": POS_INT, "method": STR, "model_name": OPT_STR,
+    "fingerprint": OPT_STR, "dataset": OPT_STR, "dataset_hash": OPT_STR, "created": OPT_STR, "info": DICT,
+}
+VECTOR_FIELDS: dict[str, Check] = {**PROVENANCE, "coeff": OPT_NUMBER}
+
+
+def read_checked(path: str | os.PathLike, fmt: str, version: int, what: str, fields: Mapping[str, Check],
+                 required: Sequence[str] = ()) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and metadata of a steerlens safetensors file, checked to be a ``what`` of format
-    ``fmt`` no newer than ``version``."""
+    ``fmt`` no newer than ``version`` whose metadata has the ``required`` keys and values that
+    pass ``fields``; otherwise a ``ValueError`` naming the file and what is wrong."""
     from steerlens.io import load_tensors
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {what} at {path}")
-    tensors, meta = load_tensors(path)
+    try:
+        tensors, meta = load_tensors(path)
+    except ValueError as e:  # truncated, not safetensors, metadata not JSON (e.g. HF weights' {"format": "pt"})
+        raise ValueError(f"{path} is not a readable steerlens {what}: {str(e).removeprefix(f'{path}: ')}") from None
     if meta.get("format") != fmt:
-        raise ValueError(f"{path} is not a steerlens {what} (format {meta.get('format')!r})")
-    if int(meta.get("version", 0)) > version:
+        raise ValueError(f"{path} is not a steerlens {what} (metadata format {meta.get('format')!r}, expected {fmt!r})")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: the {what} metadata lacks {missing}")
+    for key, (ok, allowed) in {"version": POS_INT, **fields}.items():
+        if key in meta and not ok(meta[key]):
+            raise ValueError(f"{path}: metadata {key!r} must be {allowed}, got {meta[key]!r}")
+    if meta.get("version", 0) > version:
         raise ValueError(f"{path} has format version {meta['version']}; this steerlens reads <= {version}")
     return tensors, meta
+
+
+def check_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
+                  shapes: Mapping[str, tuple[int | None, ...]], source: str) -> None:
+    """Raise ``ValueError`` naming ``path`` unless it holds exactly the tensors in ``shapes``, each
+    of that shape (``None``: any size); ``source`` says what in the metadata implies them."""
+    missing, extra = sorted(set(shapes) - set(tensors)), sorted(set(tensors) - set(shapes))
+    if missing or extra:
+        raise ValueError(f"{path}: the tensors do not match {source}: missing {missing}, unexpected {extra}")
+    for name, shape in shapes.items():
+        got = tuple(tensors[name].shape)
+        if len(got) != len(shape) or any(s is not None and g != s for g, s in zip(got, shape)):
+            want = tuple("any" if s is None else s for s in shape)
+            raise ValueError(f"{path}: tensor {name!r} has shape {got}, but {source} needs {want}")
+
+
+@contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise the ``ValueError``/``TypeError`` of building an object from a file as a ``ValueError`` naming it."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from None

@@ -4,12 +4,44 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+from typer.core import TyperGroup
+
+#: what a user can fix: printed as ``error: <message>`` (exit status 2) unless ``--debug``
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, typer.BadParameter)
+_DEBUG = "steerlens.debug"
+
+
+class _Group(TyperGroup):
+    """The top command group: turns a user error raised by any command into one line on stderr."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as e:
+            if ctx.meta.get(_DEBUG):
+                raise
+            typer.echo(f"error: {_message(e)}", err=True)
+            raise typer.Exit(2) from None
+
+
+def _message(e: Exception) -> str:
+    if isinstance(e, typer.BadParameter):
+        return e.message if e.param is None else e.format_message()
+    return str(e) or type(e).__name__
+
 
 app = typer.Typer(help="steerlens: capture activations, probe, steer and edit transformer models.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, cls=_Group)
+
+
+@app.callback()
+def _options(ctx: typer.Context, debug: bool = typer.Option(
+        False, "--debug", help="On an error, show the full traceback instead of one 'error:' line.")) -> None:
+    ctx.meta[_DEBUG] = debug
+
 
 MODEL = typer.Option("gemma-3-270m", "--model", "-m", help="'gemma-3-270m', an HF directory, a .gguf file or a hub id.")
 DEVICE = typer.Option(None, help="cpu, cuda, ... (default: cuda if available).")
@@ -78,6 +110,7 @@ def capture(
     model: str = MODEL,
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing activations directory at --out."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Capture pooled activations of a dataset or JSONL file into --out."""
@@ -92,7 +125,7 @@ def capture(
     m = load_model(model, device=device, dtype=dtype)
     acts = run_capture(
         m, [r["prompt"] for r in rows], [h.strip() for h in hooks.split(",")], layers=_layers(layers),
-        pool=pool, rows=rows, batch_size=batch_size, out=out, progress=progress,
+        pool=pool, rows=rows, batch_size=batch_size, out=out, overwrite=overwrite, progress=progress,
     )
     shapes = {h: list(acts[h].shape) for h in acts.hooks}
     typer.echo(json.dumps({"out": str(out), "n": len(acts), "shapes": shapes}, indent=1))

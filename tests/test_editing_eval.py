@@ -56,6 +56,33 @@ def test_causal_trace_bad_input(tiny):
         causal_trace(tiny, "Bob lives in", "Bob", target="", progress=False)
 
 
+def test_causal_trace_prompt_longer_than_the_context(tiny):
+    hooks = count_hooks(tiny)
+    with pytest.raises(ValueError, match=r"prompt is 305 tokens long: 305 tokens do not fit .* context of 256 .*n_ctx"):
+        causal_trace(tiny, "Bob " + "x" * 300, "Bob", progress=False)
+    assert count_hooks(tiny) == hooks
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(prompt="Bob " + "x" * 300), r"requests\[1\]\.prompt is 305 tokens long and its target_true adds 6"),
+    (dict(paraphrases=("Bob " + "y" * 300,)), r"requests\[1\]\.paraphrases\[0\] is 305 tokens long"),
+    (dict(neighbourhood=("Tom works as a", "z" * 300)), r"requests\[1\]\.neighbourhood\[1\] is 301 tokens"),
+    (dict(prompt="Bob " + "x" * 240), r"requests\[1\]\.prompt is 245 tokens long and fluency_tokens adds 32"),
+])
+def test_evaluation_prompt_longer_than_the_context(tiny, change, match):
+    import dataclasses
+
+    reqs = [REQS[0], dataclasses.replace(REQS[1], **change)]
+    saved = M.down_proj(tiny, 1)[0].detach().clone()
+    with pytest.raises(ValueError, match=match + ".* context of 256"):
+        evaluate_edits(tiny, reqs, layer=1, stats=object(), config=FAST, fluency_tokens=32, progress=False)
+    with pytest.raises(ValueError, match=match):
+        evaluate(tiny, reqs, fluency_tokens=32)
+    assert torch.equal(M.down_proj(tiny, 1)[0], saved)
+    with pytest.raises(ValueError, match=r"neutral_texts\[1\] is 301 tokens"):
+        evaluate(tiny, REQS, neutral_texts=["fine", "n" * 300], fluency_tokens=0)
+
+
 def test_n_gram_entropy():
     assert n_gram_entropy("a b a b a b a b a b") < n_gram_entropy("the cat sat on a mat while dogs ran past it")
     # 3 distinct bigrams once each: H2 = log2(3); 2 distinct trigrams: H3 = 1
@@ -145,4 +172,4 @@ def test_cli_edit_run_with_the_shipped_corpus(tiny, tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["edit", "run", str(spec), "--model", str(tiny_dir), "--corpus", "shipped",
                                    "--n-tokens", "500", "--out", str(tmp_path / "cli"), "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert cache_path(tiny, 1, corpus_hash(shipped_corpus(), 0), 500).is_file()
+    assert cache_path(tiny, 1, corpus_hash(shipped_corpus(), 0), 500, 128).is_file()

@@ -110,7 +110,7 @@ def test_covariance_fitter_matches_torch_cov_streamed():
 def test_key_statistics_cache_round_trip(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("STEERLENS_CACHE", str(tmp_path))
     stats = key_statistics(tiny, 1, corpus=CORPUS, n_tokens=300, progress=False)
-    path = cache_path(tiny, 1, corpus_hash(CORPUS, 0), 300)
+    path = cache_path(tiny, 1, corpus_hash(CORPUS, 0), 300, 128)
     assert path.is_file() and str(tmp_path) in str(path)
     assert stats.n == 300 and stats.info["layer"] == 1
     _MEMO.clear()
@@ -125,6 +125,55 @@ def test_key_statistics_cache_round_trip(tiny, tmp_path, monkeypatch):
     torch.testing.assert_close(other.mom2, k.T @ k / k.shape[0], atol=1e-8, rtol=1e-6)
     # another corpus, another key
     assert corpus_hash(CORPUS[:2], 0) != corpus_hash(CORPUS, 0)
+
+
+def test_key_statistics_cache_key_names_chunk_tokens_and_sample_batch(tiny, tmp_path, monkeypatch):
+    """Requests that differ only in chunk_tokens (or, for sampled text, in the sampling batch)
+    get their own statistics; an identical request is a cache hit."""
+    import editing.covariance as cov
+
+    monkeypatch.setenv("STEERLENS_CACHE", str(tmp_path))
+    a = key_statistics(tiny, 1, corpus=CORPUS, n_tokens=300, chunk_tokens=128, progress=False)
+    b = key_statistics(tiny, 1, corpus=CORPUS, n_tokens=300, chunk_tokens=8, progress=False)
+    assert not torch.equal(a.mom2, b.mom2) and (a.info["chunk_tokens"], b.info["chunk_tokens"]) == (128, 8)
+    assert key_statistics(tiny, 1, corpus=CORPUS, n_tokens=300, chunk_tokens=8, progress=False) is b
+    _MEMO.clear()
+    again = key_statistics(tiny, 1, corpus=CORPUS, n_tokens=300, chunk_tokens=8, progress=False)  # from disk
+    assert torch.equal(again.mom2, b.mom2)
+    assert key_statistics(tiny, 1, corpus=CORPUS, n_tokens=300, chunk_tokens=8, batch_size=3, progress=False) is again
+
+    monkeypatch.setattr(cov, "sample", lambda model, prompts, *, n, max_new_tokens, seed, **kw:
+                        [f"text {seed} " * max_new_tokens for _ in range(n)])
+    # 100 rows of 15 tokens: 64 + 36 rows (seeds 0, 1) or all 100 at once (seed 0)
+    s64 = key_statistics(tiny, 1, n_tokens=1500, chunk_tokens=16, batch_size=16, progress=False)
+    s128 = key_statistics(tiny, 1, n_tokens=1500, chunk_tokens=16, batch_size=128, progress=False)
+    assert not torch.equal(s64.mom2, s128.mom2)
+    assert key_statistics(tiny, 1, n_tokens=1500, chunk_tokens=16, batch_size=32, progress=False) is s64  # 64 rows too
+    assert len(list((tmp_path / "editing" / "stats").glob("*.safetensors"))) == 4
+
+
+@pytest.mark.parametrize("lines, match", [
+    (['{"text": "fine"}', '{"text": "broken'], r"c\.jsonl:2: not valid JSON"),
+    (['{"text": "fine"}', "", '{"label": 1}'], r"c\.jsonl:3: .*none of the text fields"),
+    (['{"text": 5}'], r"c\.jsonl:1: field 'text' must be a string, got 5"),
+    (['[1, 2]'], r"c\.jsonl:1: expected a JSON object"),
+    ([], r"c\.jsonl holds no text"),
+])
+def test_malformed_jsonl_corpus_names_the_file_and_line(tiny, tmp_path, lines, match):
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(f"{line}\n" for line in lines))
+    with pytest.raises(ValueError, match=match):
+        key_statistics(tiny, 1, corpus=path, n_tokens=100, cache=False, progress=False)
+
+
+def test_bad_corpus_and_chunk_arguments(tiny, tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(ValueError, match="empty.txt holds no text"):
+        key_statistics(tiny, 1, corpus=tmp_path / "empty.txt", cache=False, progress=False)
+    with pytest.raises(TypeError, match=r"corpus\[1\] must be a str, got int"):
+        key_statistics(tiny, 1, corpus=["a text", 5], cache=False, progress=False)
+    with pytest.raises(ValueError, match=r"chunk_tokens must be in 2\.\.256"):
+        key_statistics(tiny, 1, corpus=CORPUS, chunk_tokens=300, cache=False, progress=False)
 
 
 def test_shipped_corpus_by_name(tmp_path, monkeypatch):
@@ -228,7 +277,8 @@ def test_edit_hits_v_star_and_reverts_bit_exactly(which, request):
     assert all(torch.equal(M.down_proj(model, L)[0], saved[L]) for L in range(model.cfg.n_layers) if L != 1)
     h.revert()
     assert _same(model, saved)
-    h.revert()  # idempotent
+    with pytest.raises(ValueError, match="already reverted"):
+        h.revert()
     assert _same(model, saved)
 
 
@@ -249,6 +299,40 @@ def test_stacked_edits_revert_out_of_order(tiny, tiny_stats):
     b.revert()
     assert _same(tiny, mid)
     a.revert()
+    assert _same(tiny, saved)
+
+
+def test_revert_refuses_when_the_update_is_gone(tiny, tiny_stats):
+    """Weights restored another way (copied back, or a stacked edit reverted twice): reverting would
+    subtract ΔW from clean weights, so it is refused and nothing changes; other edits still revert."""
+    saved = _weights(tiny)
+    W = M.down_proj(tiny, 1)[0]
+    a = edit(tiny, REQ, layer=1, stats=tiny_stats, config=FAST, progress=False)
+    W.data.copy_(saved[1])  # the user restores the original weights
+    with pytest.raises(ValueError, match="no longer in the layer 1 down-projection"):
+        a.revert()
+    assert _same(tiny, saved) and not a.reverted
+
+    other = as_request(prompt="Ann works as a", subject="Ann", target_true=" nurse", target_new=" pilot")
+    b = edit(tiny, other, layer=1, stats=tiny_stats, config=FAST, progress=False)
+    c = edit(tiny, REQ, layer=1, stats=tiny_stats, config=FAST, progress=False)
+    b.revert()
+    with pytest.raises(ValueError, match="already reverted"):
+        b.revert()
+    with pytest.raises(ValueError, match="no longer"):
+        a.revert()  # still gone
+    c.revert()
+    assert (W - saved[1]).abs().max() <= 1e-6
+
+
+def test_prompt_longer_than_the_context_is_refused(tiny, tiny_stats):
+    saved = _weights(tiny)
+    long = as_request(prompt="Bob " + "x" * 300, subject="Bob", target_true=" Paris", target_new=" Rome")
+    with pytest.raises(ValueError, match=r"request.prompt is 30\d tokens long and target_new adds 5: .* context of 256"):
+        edit(tiny, long, layer=1, stats=tiny_stats, config=FAST, progress=False)
+    edge = as_request(prompt="Bob " + "x" * 245, subject="Bob", target_true=" Paris", target_new=" Rome")
+    with pytest.raises(ValueError, match="with its longest prefix"):  # fits alone, not with a prefix
+        edit(tiny, edge, layer=1, stats=tiny_stats, config=FAST, progress=False)
     assert _same(tiny, saved)
 
 

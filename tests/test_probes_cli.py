@@ -29,4 +29,5 @@ def test_probe_command_writes_report(tmp_path):
 
 def test_probe_command_rejects_unlabelled_data(tmp_path):
     res = CliRunner().invoke(app, ["probe", "--dataset", "facts", "--out", str(tmp_path / "x")])
-    assert res.exit_code != 0 and "facts" in res.output
+    assert res.exit_code == 2 and res.stderr.startswith("error: ") and "facts" in res.stderr
+    assert "Traceback" not in res.output

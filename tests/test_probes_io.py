@@ -67,3 +67,51 @@ def test_bad_files(tmp_path):
         load_probe(tmp_path / "v.safetensors")
     with pytest.raises(ValueError, match="not fitted"):
         save_probe(tmp_path / "u.safetensors", LogisticProbe())
+
+
+def _rewrite(path, tensors=None, drop=(), **meta):
+    from steerlens.io import load_tensors, save_tensors
+
+    t, m = load_tensors(path)
+    m = {k: v for k, v in {**m, **meta}.items() if k not in drop}
+    out = path.with_name("bad.safetensors")
+    save_tensors(out, t if tensors is None else tensors, m)
+    return out
+
+
+def test_truncated_and_foreign_files_name_the_file(tmp_path):
+    import re
+
+    from steerlens.models import cache_dir
+
+    path = save_probe(tmp_path / "p.safetensors", fitted(LogisticProbe)[0])
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ValueError, match=re.escape(f"{cut} is not a readable steerlens probe")):
+        load_probe(cut)
+    model = steerlens.tiny_model(n_layers=3, d_model=64, seed=0)
+    hf = cache_dir() / "tiny" / model.cfg.model_name / "model.safetensors"
+    with pytest.raises(ValueError, match=re.escape(f"{hf} is not a readable steerlens probe: metadata 'format'")):
+        load_probe(hf)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(width="64"), r"metadata 'width' must be a positive integer, got '64'"),
+    (dict(width=32), r"tensor 'coef' has shape \(1, 64\), but metadata width 32 needs \(1, 32\)"),
+    (dict(classes=[0, 1, 2]), r"metadata 'classes' must be a list of two class labels"),
+    (dict(params=[1]), r"metadata 'params' must be a JSON object"),
+    (dict(method=1), r"metadata 'method' must be a string, got 1"),
+    (dict(method="svm"), r"method must be one of \['lda', 'logistic', 'mean_diff'\], got 'svm'"),
+    (dict(params={"depth": 3}), r"unexpected keyword argument 'depth'"),
+    (dict(layer="1"), r"metadata 'layer' must be an integer or null, got '1'"),
+    (dict(hook=5), r"metadata 'hook' must be a string or null, got 5"),
+    (dict(drop=("params",)), r"the probe metadata lacks \['params'\]"),
+    (dict(tensors={"coef": torch.zeros(1, 64)}), r"missing \['direction', 'intercept', 'mean', 'scale'\]"),
+])
+def test_bad_metadata_and_tensors_name_the_file(tmp_path, change, match):
+    import re
+
+    path = save_probe(tmp_path / "p.safetensors", fitted(LogisticProbe)[0], hook=HOOK)
+    bad = _rewrite(path, **change)
+    with pytest.raises(ValueError, match=f"{re.escape(str(bad))}: .*{match}"):
+        load_probe(bad)

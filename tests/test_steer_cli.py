@@ -76,8 +76,13 @@ def test_steer_cli_errors(model_dir, tmp_path):
     v0 = tmp_path / "v0.safetensors"
     SteeringVector({0: torch.ones(64)}).save(v0)
     bad = run("steer", "export-gguf", v0, tmp_path / "v0.gguf")
-    assert bad.exit_code != 0 and "block 0" in bad.output
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: ") and "block 0" in bad.stderr
     missing = run("steer", "generate", "hi", "--vector", tmp_path / "nope.safetensors", "--model", model_dir)
-    assert missing.exit_code != 0 and "no vector file" in missing.output
+    assert missing.exit_code == 2 and missing.stderr.startswith("error: no vector file")
     badpos = run("steer", "generate", "hi", "--vector", v0, "--positions", "middle", "--model", model_dir)
-    assert badpos.exit_code != 0 and "--positions" in badpos.output
+    assert badpos.exit_code == 2 and "--positions" in badpos.stderr.splitlines()[-1]
+    trunc = tmp_path / "trunc.safetensors"
+    trunc.write_bytes(v0.read_bytes()[:40])
+    cut = run("steer", "calibrate", trunc, "--model", model_dir)
+    assert cut.exit_code == 2 and cut.stderr.startswith(f"error: {trunc} is not a readable steerlens steering vector")
+    assert "Traceback" not in cut.output

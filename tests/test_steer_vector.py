@@ -1,6 +1,7 @@
 """SteeringVector: arithmetic, storage, compatibility checks."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -99,3 +100,79 @@ def test_check_compatible(tiny):
     vec(0, fingerprint="0" * 16).check_compatible(tiny, force=True)
     with pytest.raises(ValueError, match="3 layers"):
         vec(0, layers=(5,)).check_compatible(tiny)
+
+
+# -- files that are not (valid) steering vectors ---------------------------------------------------
+def _hf_weights():
+    """A real HF model.safetensors (the tiny model's), whose metadata is {"format": "pt"}."""
+    model = steerlens.tiny_model(n_layers=3, d_model=64, seed=0)
+    from steerlens.models import cache_dir
+
+    return cache_dir() / "tiny" / model.cfg.model_name / "model.safetensors"
+
+
+def _rewrite(path, tensors=None, **meta):
+    """The vector file at ``path`` again, with tensors and metadata keys replaced."""
+    from steerlens.io import load_tensors, save_tensors
+
+    t, m = load_tensors(path)
+    out = path.with_name("bad.safetensors")
+    save_tensors(out, t if tensors is None else tensors, {**m, **meta})
+    return out
+
+
+def test_load_rejects_truncated_and_foreign_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    path = vec(0).save(tmp_path / "v.safetensors")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=re.escape(f"{cut} is not a readable steerlens steering vector")):
+        SteeringVector.load(cut)
+    hf = _hf_weights()
+    with pytest.raises(ValueError, match=re.escape(f"{hf} is not a readable steerlens steering vector: metadata 'format'")):
+        SteeringVector.load(hf)
+    save_file({"layer.1": torch.zeros(4)}, str(tmp_path / "plain.safetensors"))  # no metadata at all
+    with pytest.raises(ValueError, match=r"plain.safetensors is not a steerlens steering vector \(metadata format None"):
+        SteeringVector.load(tmp_path / "plain.safetensors")
+    save_file({"layer.1": torch.zeros(4)}, str(tmp_path / "j.safetensors"),
+              metadata={"format": '"steerlens.steering_vector"', "layers": "[1,"})
+    with pytest.raises(ValueError, match=r"j.safetensors is not a readable .*metadata 'layers' is not valid JSON"):
+        SteeringVector.load(tmp_path / "j.safetensors")
+
+
+@pytest.mark.parametrize("meta, match", [
+    (dict(layers=[1, "a"]), r"metadata 'layers' must be a non-empty list of distinct non-negative integers, got \[1, 'a'\]"),
+    (dict(layers="1,2"), r"metadata 'layers' must be .*, got '1,2'"),
+    (dict(layers=[]), r"metadata 'layers' must be a non-empty list"),
+    (dict(coeff="2.0"), r"metadata 'coeff' must be a number or null, got '2.0'"),
+    (dict(coeff=True), r"metadata 'coeff' must be a number or null, got True"),
+    (dict(hook=3), r"metadata 'hook' must be a string, got 3"),
+    (dict(method=None), r"metadata 'method' must be a string, got None"),
+    (dict(info=[1]), r"metadata 'info' must be a JSON object, got \[1\]"),
+    (dict(d_model="64"), r"metadata 'd_model' must be a positive integer, got '64'"),
+    (dict(version="2"), r"metadata 'version' must be a positive integer, got '2'"),
+    (dict(version=9), r"format version 9; this steerlens reads <= 1"),
+    (dict(d_model=32), r"tensor 'layer.1' has shape \(64,\), but metadata layers \[1, 2\] and d_model 32 needs \(32,\)"),
+    (dict(layers=[1, 3]), r"tensors do not match metadata layers \[1, 3\] .*missing \['layer.3'\], unexpected \['layer.2'\]"),
+    (dict(coeff=float("inf")), r"coeff must be finite"),
+])
+def test_load_rejects_bad_metadata_naming_the_file(tmp_path, meta, match):
+    bad = _rewrite(vec(0).save(tmp_path / "v.safetensors"), **meta)
+    with pytest.raises(ValueError, match=f"{re.escape(str(bad))}.*{match}"):
+        SteeringVector.load(bad)
+
+
+def test_load_rejects_tensors_that_do_not_match_the_metadata(tmp_path):
+    path = vec(0).save(tmp_path / "v.safetensors")
+    g = torch.Generator().manual_seed(0)
+    cases = [
+        ({"layer.1": torch.zeros(64), "layer.x": torch.zeros(64)}, r"missing \['layer.2'\], unexpected \['layer.x'\]"),
+        ({"layer.1": torch.zeros(64), "layer.2": torch.zeros(8, 8)}, r"tensor 'layer.2' has shape \(8, 8\)"),
+        ({"layer.1": torch.zeros(64), "layer.2": torch.full((64,), float("nan"))}, "layer 2 holds NaN or inf"),
+        ({"layer.1": torch.randn(64, generator=g)}, r"missing \['layer.2'\]"),
+    ]
+    for tensors, match in cases:
+        bad = _rewrite(path, tensors)
+        with pytest.raises(ValueError, match=f"{re.escape(str(bad))}: .*{match}"):
+            SteeringVector.load(bad)
