@@ -21,6 +21,7 @@ from jaxtyping import Float
 
 from editing import _model as M
 from editing.covariance import KeyStatistics, key_statistics
+from steerlens.steps import exclusive
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -148,12 +149,13 @@ class EditHandle:
                 "was restored or changed outside its EditHandles since the edit, so reverting would subtract "
                 "the update from weights that lack it. Nothing was changed; reload the model to get its "
                 "original weights.")
-        if torch.equal(w, self._after):
-            w.copy_(self._before)
-        else:  # a later edit changed this weight: take out our own ΔW only
-            w.copy_((w.float() - self._delta).to(w.dtype))
-        setattr(w, _LIVE, getattr(w, _LIVE) - self._delta)
-        self.reverted = True
+        with exclusive(self.model, "a ROME revert"):  # weights change for every caller
+            if torch.equal(w, self._after):
+                w.copy_(self._before)
+            else:  # a later edit changed this weight: take out our own ΔW only
+                w.copy_((w.float() - self._delta).to(w.dtype))
+            setattr(w, _LIVE, getattr(w, _LIVE) - self._delta)
+            self.reverted = True
 
     def __enter__(self) -> "EditHandle":
         return self
@@ -355,7 +357,7 @@ def edit(
     if not torch.isfinite(dW).all():
         raise RuntimeError("the rank-one update is not finite; no weight was changed")
     d_stored = (dW.T if transposed else dW).contiguous().to(weight.device)
-    with torch.no_grad():
+    with torch.no_grad(), exclusive(model, "a ROME edit"):  # weights change for every caller
         before = weight.detach().clone()
         # float32 math, cast back to the model's dtype
         weight.copy_((weight.float() + d_stored).to(weight.dtype))

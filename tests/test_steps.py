@@ -182,3 +182,33 @@ def _record(errors, fn):
         fn()
     except RuntimeError as e:
         errors.append(e)
+
+
+def test_a_rome_edit_refuses_while_another_thread_steers(tiny):
+    import editing
+    from editing.rome import as_request
+
+    entered, done = threading.Event(), threading.Event()
+
+    def steered():
+        with steer.apply(tiny, vec(0)):
+            entered.set()
+            done.wait(60)
+
+    request = as_request(subject="Bob", prompt="Bob lives in the city of", target_true=" Paris",
+                                 target_new=" Rome")
+    stats = editing.key_statistics(tiny, 0, corpus=["Bob lives in Paris. Ann lives in Rome."] * 4, n_tokens=100,
+                                   cache=False, progress=False)
+    before = editing.rome.M.w_out(tiny, 0)
+    t = threading.Thread(target=steered)
+    t.start()
+    assert entered.wait(30)
+    try:
+        with pytest.raises(RuntimeError, match="in other threads"):
+            editing.edit(tiny, request, layer=0, stats=stats, config=editing.RomeConfig(n_prefixes=0, n_value_prefixes=0, steps=2),
+                         progress=False)
+    finally:
+        done.set()
+        t.join(30)
+    assert torch.equal(editing.rome.M.w_out(tiny, 0), before)  # nothing was changed
+    assert no_hooks_left(tiny)
