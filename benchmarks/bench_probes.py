@@ -10,8 +10,8 @@
    paired runs on the same prompt in alternating order; median of the paired ratios.
    Target: monitored / unmonitored >= 0.97.
 
-    python benchmarks/probes.py            # full
-    python benchmarks/probes.py --quick    # fewer generation repeats
+    python benchmarks/bench_probes.py            # full
+    python benchmarks/bench_probes.py --quick    # fewer generation repeats
 """
 
 from __future__ import annotations

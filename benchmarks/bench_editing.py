@@ -2,7 +2,7 @@
 statistics cached), the key statistics per 10k tokens read from a corpus and of the default
 corpus (sampled from the model, the default budget), and the load time of a cached covariance.
 
-    python benchmarks/editing.py [--layer 2] [--tokens 10000] [--sampled-tokens 8000] [--edits 3] [--threads 0] [--json out.json]
+    python benchmarks/bench_editing.py [--layer 2] [--tokens 10000] [--sampled-tokens 8000] [--edits 3] [--threads 0] [--json out.json]
 
 ``--threads 0`` keeps torch's default thread count; ``--sampled-tokens 0`` skips the sampled
 corpus. Uses the shipped ``facts`` dataset when it is there, else three hand-written requests;
@@ -15,21 +15,15 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-# this file is named like the package it measures: drop its own directory from the path
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-sys.modules.pop("editing", None)
+import torch
 
-import torch  # noqa: E402
-
-import steerlens  # noqa: E402
-from editing import covariance  # noqa: E402
-from editing.covariance import key_statistics, shipped_corpus  # noqa: E402
-from editing.rome import RomeConfig, as_request, edit  # noqa: E402
+import steerlens
+from editing import covariance
+from editing.covariance import key_statistics, shipped_corpus
+from editing.rome import RomeConfig, as_request, edit
 
 FALLBACK = [
     as_request(prompt="The Eiffel Tower is located in the city of", subject="Eiffel Tower", target_true=" Paris", target_new=" London"),

@@ -1,6 +1,6 @@
 """Capture throughput vs a plain forward pass of the same batches, and peak RSS with/without streaming.
 
-    python benchmarks/capture.py [--n 256] [--batch-size 16] [--dtype float32] [--rounds 2]
+    python benchmarks/bench_capture.py [--n 256] [--batch-size 16] [--dtype float32] [--rounds 2]
 
 Prints tokens/s of a full forward pass (logits), of capture at mid depth (stops after block 8) and
 at full depth (last block), their time ratios against the forward pass, then the peak RSS of

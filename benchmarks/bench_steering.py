@@ -1,7 +1,7 @@
 """Steering overhead and batching: greedy tokens/s steered vs unsteered, one batch of 8 prompts with
 8 different vectors vs 8 sequential steered runs, and the time to compute a vector.
 
-    python benchmarks/steering.py [--model gemma-3-270m] [--layer 6] [--new-tokens 32] [--rounds 3] [--overhead-rounds 10]
+    python benchmarks/bench_steering.py [--model gemma-3-270m] [--layer 6] [--new-tokens 32] [--rounds 3] [--overhead-rounds 10]
 
 Runs are interleaved (unsteered, steered, unsteered, ...) and the median of ``--rounds`` is
 reported (``--overhead-rounds`` for the steered/unsteered ratio: single runs scatter ±5%, so a
