@@ -478,10 +478,10 @@ def probe(
     gen = None
     if by and len({str(r.get(by)) for r in rows}) > 1:
         gen = generalization_matrix(acts, by=by, layer=result.best["layer"], hook=hook, method=result.best["method"], seed=seed)
-    paths = write_report(out, result, generalization=gen, acts=acts)
+    page = write_report(result, out, generalization=gen, acts=acts)
     b = result.best
     typer.echo(json.dumps({
-        "out": {k: str(v) for k, v in paths.items()}, "best": {"layer": b["layer"], "method": b["method"], "hook": b["hook"]},
+        "out": {"html": str(page), "json": str(out / "report.json"), "probe": str(out / "probe.safetensors")}, "best": {"layer": b["layer"], "method": b["method"], "hook": b["hook"]},
         "val_auroc": b["val"]["auroc"], "test": {k: b["test"][k] for k in ("auroc", "auroc_ci", "accuracy", "tpr_at_1pct_fpr", "ece")},
         "control": b["control"], "generalization": gen.to_dict() if gen is not None else None,
     }, indent=1))

@@ -19,6 +19,8 @@ def test_probe_command_writes_report(tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output[res.output.index("{"):])
     assert summary["best"]["layer"] in (0, 1) and 0 <= summary["test"]["auroc"] <= 1
+    assert summary["out"] == {"html": str(out / "report.html"), "json": str(out / "report.json"),
+                              "probe": str(out / "probe.safetensors")}
     assert sorted(p.name for p in out.iterdir()) == ["probe.safetensors", "report.html", "report.json"]
     report = json.loads((out / "report.json").read_text())
     assert report["sweep"]["info"]["dataset"] == "truthfulness" and len(report["sweep"]["records"]) == 6

@@ -149,12 +149,16 @@ def test_plots_and_report(result, tmp_path):
         assert len(fig.data) >= 2
     gen = generalization_matrix(acts, by="family", layer=2)
     assert generalization_heatmap(gen).data[0].z.shape == (2, 2)
-    paths = write_report(tmp_path / "rep", result, generalization=gen, acts=acts)
-    page = paths["html"].read_text()
-    assert page.count("plotly.js v") >= 1 and "<script src=\"http" not in page  # plotly inlined, no CDN
+    path = write_report(result, tmp_path / "rep", generalization=gen, acts=acts)
+    assert path == tmp_path / "rep" / "report.html"
+    page = path.read_text()
+    assert page.count("plotly.js v") == 1 and "<script src=\"http" not in page  # plotly inlined once, no CDN
     assert page.count('class="plotly-graph-div"') == 4
-    data = json.loads(paths["json"].read_text())
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert data["sweep"]["best"]["layer"] == 2 and data["generalization"]["domains"] == ["a", "b"]
-    loaded = probes.load_probe(paths["probe"])
+    assert data["probe_file"] == "probe.safetensors"
+    loaded = probes.load_probe(tmp_path / "rep" / "probe.safetensors")
     np.testing.assert_allclose(loaded.coef_, result.probe.coef_)
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["probe.safetensors", "report.html", "report.json"]
+    with pytest.raises(TypeError, match="result first"):
+        write_report(tmp_path / "rep", result)  # the old argument order
