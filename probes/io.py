@@ -4,8 +4,6 @@ fingerprint, hook, layer, method, dataset hash, metrics), written atomically."""
 from __future__ import annotations
 
 import os
-import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +11,8 @@ import numpy as np
 import torch
 
 from probes.estimators import _LinearProbe
-from steer.vector import DICT, OPT_DICT, OPT_INT, OPT_STR, POS_INT, STR, Check, check_tensors, naming, read_checked
+from steerlens import artifacts
+from steerlens.artifacts import DICT, OPT_DICT, OPT_INT, OPT_STR, POS_INT, STR, Check
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -45,9 +44,12 @@ def save_probe(
 ) -> Path:
     """Write ``probe`` to ``path`` (a ``.safetensors`` file). Metadata comes from ``probe.meta_``
     (set by ``sweep_layers``) overridden by the arguments; ``model`` records its name, width and
-    fingerprint, checked again by ``load_probe``."""
+    fingerprint, checked again by ``load_probe``.
+
+    Probes are scikit-learn estimators, so they are saved and loaded by these free functions
+    (``save_probe``/``load_probe``); steerlens' own artifact classes have ``save``/``load`` methods.
+    """
     from steerlens.hooks import hook_layer
-    from steerlens.io import save_tensors
 
     from probes.sweep import method_name
 
@@ -68,32 +70,31 @@ def save_probe(
         meta["model"], meta["fingerprint"] = model_name(model), fingerprint(model)
         if meta.get("hook"):
             meta["hook"] = _resolve(model, meta["hook"])
-            expect = _hook_width(model, meta["hook"])
-            if expect is not None and expect != probe.coef_.shape[1]:
-                raise ValueError(f"the probe has width {probe.coef_.shape[1]} but {meta['hook']!r} of this model has width {expect}")
+            artifacts.check_compatible(model, _record(meta, meta["hook"], int(probe.coef_.shape[1])), "probe")
     meta.update(
         format=FORMAT, version=VERSION, method=method_name(probe), params=_params(probe),
         classes=[c.item() if hasattr(c, "item") else c for c in probe.classes_],
-        width=int(probe.coef_.shape[1]), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        width=int(probe.coef_.shape[1]), created=artifacts.now(),
         fitted={k: getattr(probe, k) for k in _SCALARS if hasattr(probe, k)},
     )
     tensors = {k.rstrip("_"): torch.from_numpy(np.ascontiguousarray(getattr(probe, k), dtype=np.float32)) for k in _ARRAYS}
-    save_tensors(path, tensors, meta)
-    return Path(path)
+    return artifacts.save(path, tensors, meta)
 
 
 def load_probe(path: str | os.PathLike, model: "TransformerBridge | None" = None, *, force: bool = False) -> _LinearProbe:
     """Read a probe file. With ``model``, its width must match the probe's hook and its
     fingerprint the one recorded (``force=True`` loads a probe onto another model with a
-    warning; a width mismatch is always an error). ``probe.meta_`` holds the metadata."""
+    warning; a width mismatch is always an error). ``probe.meta_`` holds the metadata. Errors
+    name the file."""
     from probes.sweep import make_probe
 
-    tensors, meta = read_checked(path, FORMAT, VERSION, "probe", _FIELDS, ("method", "params", "classes", "width"))
+    tensors, meta = artifacts.load(path, FORMAT, VERSION, what="probe", fields=_FIELDS,
+                                   required=("method", "params", "classes", "width"))
     w = meta["width"]
-    check_tensors(path, tensors, {"coef": (1, w), "intercept": (1,), "direction": (w,), "mean": (w,), "scale": (w,)},
-                  f"metadata width {w}")
+    artifacts.check_tensors(path, tensors, {"coef": (1, w), "intercept": (1,), "direction": (w,), "mean": (w,), "scale": (w,)},
+                            f"metadata width {w}")
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items()}
-    with naming(path):
+    with artifacts.naming(path):
         probe = make_probe(meta["method"], **params)
     for k in _ARRAYS:
         setattr(probe, k, tensors[k.rstrip("_")].numpy().astype(np.float32))
@@ -105,43 +106,35 @@ def load_probe(path: str | os.PathLike, model: "TransformerBridge | None" = None
     probe.meta_ = {k: v for k, v in meta.items() if k not in ("params", "fitted")}
     if model is not None:
         hook = meta.get("hook")
-        if hook:
-            check_probe_model(probe, model, hook, force=force)
-        else:
-            _check_fingerprint(probe.meta_, model, force, str(path))
+        with artifacts.naming(path):
+            if hook:
+                check_probe_model(probe, model, hook, force=force)
+            else:  # where it reads is unknown: the fingerprint only
+                artifacts.check_compatible(model, _record(probe.meta_, None, None), "probe", force=force)
     return probe
 
 
 def check_probe_model(probe: _LinearProbe, model: "TransformerBridge", hook: str, *, force: bool = False) -> str:
     """Resolve ``hook`` on ``model`` (a full hook name) and check the probe fits there: same width
-    (always) and, if the probe records one, the same model fingerprint (unless ``force``)."""
+    (always) and, if the probe records one, the same model fingerprint (unless ``force``, which
+    then warns): ``steerlens.artifacts.check_compatible``."""
     if not hasattr(probe, "coef_"):
         raise ValueError("the probe is not fitted")
     name = _resolve(model, hook)
-    expect = _hook_width(model, name)
-    width = int(probe.coef_.shape[1])
-    if expect is not None and expect != width:
-        raise ValueError(
-            f"probe width {width} does not match {name!r} of this model (width {expect}): "
-            f"the probe was made for another model ({(getattr(probe, 'meta_', None) or {}).get('model')!r})"
-        )
-    _check_fingerprint(getattr(probe, "meta_", None) or {}, model, force, "the probe")
+    meta = getattr(probe, "meta_", None) or {}
+    artifacts.check_compatible(model, _record(meta, name, int(probe.coef_.shape[1])), "probe", force=force)
     return name
 
 
-def _check_fingerprint(meta: dict, model, force: bool, what: str) -> None:
-    from steerlens.models import fingerprint, model_name
+def _record(meta: dict, hook: str | None, width: int | None) -> artifacts.Meta:
+    """The artifact record of a probe's metadata (probe files keep their own keys ``model``,
+    ``layer`` and ``width``); ``None`` hook/width: not checked."""
+    from steerlens.hooks import hook_layer
 
-    recorded = meta.get("fingerprint")
-    if not recorded:
-        return
-    actual = fingerprint(model)
-    if recorded != actual:
-        msg = (f"{what} was made on model {meta.get('model')!r} (fingerprint {recorded}), "
-               f"not on {model_name(model)!r} (fingerprint {actual})")
-        if not force:
-            raise ValueError(msg + "; pass force=True to use it anyway")
-        warnings.warn(msg + "; used anyway (force=True)", stacklevel=3)
+    layer = None if hook is None else hook_layer(hook)
+    return artifacts.Meta(FORMAT, VERSION, hook=hook, layers=None if layer is None else [layer], d_model=width,
+                          method=meta.get("method"), model_name=meta.get("model"), fingerprint=meta.get("fingerprint"),
+                          dataset=meta.get("dataset"), dataset_hash=meta.get("dataset_hash"), created=meta.get("created"))
 
 
 def _resolve(model, hook: str) -> str:
@@ -151,19 +144,6 @@ def _resolve(model, hook: str) -> str:
     if len(names) != 1:
         raise ValueError(f"hook {hook!r} names {len(names)} hook points; give one full name such as 'blocks.6.hook_resid_post'")
     return names[0]
-
-
-def _hook_width(model, name: str) -> int | None:
-    """Last-dimension width of a hook's activations, for the hooks whose width the config tells."""
-    from steerlens.hooks import hook_kind
-
-    cfg = model.cfg
-    kind = hook_kind(name)
-    if kind in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out") or name in ("hook_embed", "embed.hook_out"):
-        return int(cfg.d_model)
-    if kind in ("mlp_pre", "mlp_post"):
-        return int(cfg.d_mlp)
-    return None
 
 
 def _params(probe: _LinearProbe) -> dict[str, Any]:

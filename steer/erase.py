@@ -21,7 +21,9 @@ from jaxtyping import Float
 
 from probes.inputs import layer_hooks, row_labels
 from steer.operators import EraserTensors, erase
-from steer.vector import PROVENANCE, _now, check_model, check_tensors, naming, read_checked
+from steerlens import artifacts
+from steerlens.artifacts import PROVENANCE
+from steerlens.artifacts import now as _now
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -100,38 +102,40 @@ class ConceptEraser:
     # -- model checks --------------------------------------------------------------------------
     def check_compatible(self, model: "TransformerBridge", *, force: bool = False) -> None:
         """Raise ``ValueError`` when the model's width differs, a layer does not exist, or (unless
-        ``force``) the model's fingerprint differs from the one the eraser was fitted on."""
-        check_model(model, self, "eraser", force=force)
+        ``force``, which then warns) the model's fingerprint differs from the one the eraser was
+        fitted on (``steerlens.artifacts.check_compatible``)."""
+        artifacts.check_compatible(model, self, "eraser", force=force)
 
     # -- storage -------------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT, "version": VERSION, "hook": self.hook, "layers": self.layers,
-            "d_model": self.d_model, "method": self.method, "model_name": self.model_name,
-            "fingerprint": self.fingerprint, "dataset": self.dataset, "dataset_hash": self.dataset_hash,
-            "created": self.created, "info": dict(self.info),
-        }
+        return artifacts.Meta(FORMAT, VERSION, hook=self.hook, layers=self.layers, d_model=self.d_model,
+                              method=self.method, model_name=self.model_name, fingerprint=self.fingerprint,
+                              dataset=self.dataset, dataset_hash=self.dataset_hash, created=self.created,
+                              info=self.info).to_dict()
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write safetensors (``layer.L.proj_left`` etc. + JSON metadata) atomically."""
-        from steerlens.io import save_tensors
-
         tensors = {f"layer.{layer}.{part}": t for layer, e in self.erasers.items() for part, t in zip(_PARTS, e)}
-        save_tensors(path, tensors, self.metadata())
-        return Path(path)
+        return artifacts.save(path, tensors, self.metadata())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ConceptEraser":
-        """Read a file written by ``save``; ``ValueError`` naming the file if it is not a valid one."""
-        tensors, meta = read_checked(path, FORMAT, VERSION, "concept eraser", PROVENANCE, ("layers", "d_model"))
+    def load(cls, path: str | os.PathLike, model: "TransformerBridge | None" = None, *,
+             force: bool = False) -> "ConceptEraser":
+        """Read a file written by ``save``; ``ValueError`` naming the file if it is not a valid one
+        (or, with ``model``, does not fit it: ``check_compatible``)."""
+        tensors, meta = artifacts.load(path, FORMAT, VERSION, what="concept eraser", fields=PROVENANCE,
+                                       required=("layers", "d_model"))
         layers, d = meta["layers"], meta["d_model"]
         shapes = {f"layer.{layer}.{part}": shape for layer in layers
                   for part, shape in zip(_PARTS, ((d, None), (None, d), (d,)))}
-        check_tensors(path, tensors, shapes, f"metadata layers {layers} and d_model {d}")
+        artifacts.check_tensors(path, tensors, shapes, f"metadata layers {layers} and d_model {d}")
         fields = {f.name for f in dataclasses.fields(cls)} - {"erasers"}
-        with naming(path):
-            return cls(erasers={layer: EraserTensors(*(tensors[f"layer.{layer}.{p}"] for p in _PARTS)) for layer in layers},
-                       **{k: v for k, v in meta.items() if k in fields and v is not None})
+        with artifacts.naming(path):
+            eraser = cls(erasers={layer: EraserTensors(*(tensors[f"layer.{layer}.{p}"] for p in _PARTS)) for layer in layers},
+                         **{k: v for k, v in meta.items() if k in fields and v is not None})
+            if model is not None:
+                eraser.check_compatible(model, force=force)
+        return eraser
 
 
 def fit_eraser(acts: "Activations | Mapping[str, torch.Tensor]", labels: Sequence | np.ndarray | torch.Tensor | None = None,

@@ -7,16 +7,18 @@ layer L acts on the output of block L (``blocks.L.hook_resid_post``).
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
+
+from steerlens import artifacts
+from steerlens.artifacts import OPT_NUMBER, PROVENANCE, Check
+from steerlens.artifacts import now as _now
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -24,32 +26,8 @@ if TYPE_CHECKING:
 FORMAT = "steerlens.steering_vector"
 VERSION = 1
 _PREFIX = "layer."
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def check_model(model: "TransformerBridge", artifact: Any, what: str, *, force: bool = False) -> None:
-    """Raise ``ValueError`` when ``artifact`` (with ``d_model``, ``layers``, ``model_name`` and
-    ``fingerprint``, e.g. a ``SteeringVector``) does not fit ``model``: another width, a layer the
-    model lacks, or (unless ``force``) another fingerprint. ``what`` names it in the messages."""
-    from steerlens.models import fingerprint, model_name
-
-    d_model, n_layers = int(model.cfg.d_model), int(model.cfg.n_layers)
-    if artifact.d_model != d_model:
-        raise ValueError(f"the {what} has width {artifact.d_model} but {model_name(model)} has "
-                         f"d_model {d_model}: it was computed on another model")
-    bad = [layer for layer in artifact.layers if layer >= n_layers]
-    if bad:
-        raise ValueError(f"the {what} has layers {bad}, but the model has {n_layers} layers (0..{n_layers - 1})")
-    if force or not artifact.fingerprint:
-        return
-    fp = fingerprint(model)
-    if fp != artifact.fingerprint:
-        raise ValueError(
-            f"the {what} was computed on {artifact.model_name!r} (fingerprint {artifact.fingerprint}); "
-            f"this model is {model_name(model)!r} (fingerprint {fp}). Pass force=True to use it anyway.")
+#: the metadata of vector files (``metadata()``), checked on load
+VECTOR_FIELDS: dict[str, Check] = {**PROVENANCE, "coeff": OPT_NUMBER}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -211,111 +189,38 @@ class SteeringVector:
     # -- model checks --------------------------------------------------------------------------
     def check_compatible(self, model: "TransformerBridge", *, force: bool = False) -> None:
         """Raise ``ValueError`` when the model's width differs, a layer does not exist, or (unless
-        ``force``) the model's fingerprint differs from the one the vector was computed on."""
-        check_model(model, self, "vector", force=force)
+        ``force``, which then warns) the model's fingerprint differs from the one the vector was
+        computed on (``steerlens.artifacts.check_compatible``)."""
+        artifacts.check_compatible(model, self, "vector", force=force)
 
     # -- storage -------------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT, "version": VERSION, "hook": self.hook, "layers": self.layers,
-            "d_model": self.d_model, "method": self.method, "model_name": self.model_name,
-            "fingerprint": self.fingerprint, "dataset": self.dataset, "dataset_hash": self.dataset_hash,
-            "created": self.created, "coeff": self.coeff, "info": dict(self.info),
-        }
+        meta = artifacts.Meta(FORMAT, VERSION, hook=self.hook, layers=self.layers, d_model=self.d_model,
+                              method=self.method, model_name=self.model_name, fingerprint=self.fingerprint,
+                              dataset=self.dataset, dataset_hash=self.dataset_hash, created=self.created, info=self.info)
+        return {**meta.to_dict(), "coeff": self.coeff}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write safetensors (``layer.L`` tensors + JSON metadata) atomically."""
-        from steerlens.io import save_tensors
-
-        save_tensors(path, {f"{_PREFIX}{k}": v for k, v in self.directions.items()}, self.metadata())
-        return Path(path)
+        return artifacts.save(path, {f"{_PREFIX}{k}": v for k, v in self.directions.items()}, self.metadata())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "SteeringVector":
-        """Read a file written by ``save``; ``ValueError`` naming the file if it is not a valid one."""
-        tensors, meta = read_checked(path, FORMAT, VERSION, "steering vector", VECTOR_FIELDS, ("layers", "d_model"))
+    def load(cls, path: str | os.PathLike, model: "TransformerBridge | None" = None, *,
+             force: bool = False) -> "SteeringVector":
+        """Read a file written by ``save``; ``ValueError`` naming the file if it is not a valid one
+        (or, with ``model``, does not fit it: ``check_compatible``)."""
+        tensors, meta = artifacts.load(path, FORMAT, VERSION, what="steering vector", fields=VECTOR_FIELDS,
+                                       required=("layers", "d_model"))
         layers, d = meta["layers"], meta["d_model"]
-        check_tensors(path, tensors, {f"{_PREFIX}{k}": (d,) for k in layers}, f"metadata layers {layers} and d_model {d}")
-        with naming(path):
-            return cls.from_metadata({k: tensors[f"{_PREFIX}{k}"] for k in layers}, meta)
+        artifacts.check_tensors(path, tensors, {f"{_PREFIX}{k}": (d,) for k in layers},
+                                f"metadata layers {layers} and d_model {d}")
+        with artifacts.naming(path):
+            vector = cls.from_metadata({k: tensors[f"{_PREFIX}{k}"] for k in layers}, meta)
+            if model is not None:
+                vector.check_compatible(model, force=force)
+        return vector
 
     @classmethod
     def from_metadata(cls, directions: Mapping[int, torch.Tensor], meta: Mapping[str, Any]) -> "SteeringVector":
         fields = {f.name for f in dataclasses.fields(cls)} - {"directions"}
         return cls(directions=directions, **{k: v for k, v in meta.items() if k in fields and v is not None})
-
-
-# -- file checks shared by vector, eraser and probe files -----------------------------------------
-#: a metadata value check: (predicate, what is allowed)
-Check = tuple[Callable[[Any], bool], str]
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-STR: Check = (lambda v: isinstance(v, str), "a string")
-OPT_STR: Check = (lambda v: v is None or isinstance(v, str), "a string or null")
-POS_INT: Check = (lambda v: _is_int(v) and v > 0, "a positive integer")
-OPT_INT: Check = (lambda v: v is None or _is_int(v), "an integer or null")
-OPT_NUMBER: Check = (lambda v: v is None or _is_int(v) or isinstance(v, float), "a number or null")
-DICT: Check = (lambda v: isinstance(v, dict), "a JSON object")
-OPT_DICT: Check = (lambda v: v is None or isinstance(v, dict), "a JSON object or null")
-LAYERS: Check = (lambda v: isinstance(v, list) and bool(v) and all(_is_int(x) and x >= 0 for x in v)
-                 and len(set(v)) == len(v), "a non-empty list of distinct non-negative integers")
-#: the metadata of vector and eraser files (``metadata()``), checked on load
-PROVENANCE: dict[str, Check] = {
-    "hook": STR, "layers": LAYERS, "d_model": POS_INT, "method": STR, "model_name": OPT_STR,
-    "fingerprint": OPT_STR, "dataset": OPT_STR, "dataset_hash": OPT_STR, "created": OPT_STR, "info": DICT,
-}
-VECTOR_FIELDS: dict[str, Check] = {**PROVENANCE, "coeff": OPT_NUMBER}
-
-
-def read_checked(path: str | os.PathLike, fmt: str, version: int, what: str, fields: Mapping[str, Check],
-                 required: Sequence[str] = ()) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and metadata of a steerlens safetensors file, checked to be a ``what`` of format
-    ``fmt`` no newer than ``version`` whose metadata has the ``required`` keys and values that
-    pass ``fields``; otherwise a ``ValueError`` naming the file and what is wrong."""
-    from steerlens.io import load_tensors
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no {what} at {path}")
-    try:
-        tensors, meta = load_tensors(path)
-    except ValueError as e:  # truncated, not safetensors, metadata not JSON (e.g. HF weights' {"format": "pt"})
-        raise ValueError(f"{path} is not a readable steerlens {what}: {str(e).removeprefix(f'{path}: ')}") from None
-    if meta.get("format") != fmt:
-        raise ValueError(f"{path} is not a steerlens {what} (metadata format {meta.get('format')!r}, expected {fmt!r})")
-    missing = [k for k in required if k not in meta]
-    if missing:
-        raise ValueError(f"{path}: the {what} metadata lacks {missing}")
-    for key, (ok, allowed) in {"version": POS_INT, **fields}.items():
-        if key in meta and not ok(meta[key]):
-            raise ValueError(f"{path}: metadata {key!r} must be {allowed}, got {meta[key]!r}")
-    if meta.get("version", 0) > version:
-        raise ValueError(f"{path} has format version {meta['version']}; this steerlens reads <= {version}")
-    return tensors, meta
-
-
-def check_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
-                  shapes: Mapping[str, tuple[int | None, ...]], source: str) -> None:
-    """Raise ``ValueError`` naming ``path`` unless it holds exactly the tensors in ``shapes``, each
-    of that shape (``None``: any size); ``source`` says what in the metadata implies them."""
-    missing, extra = sorted(set(shapes) - set(tensors)), sorted(set(tensors) - set(shapes))
-    if missing or extra:
-        raise ValueError(f"{path}: the tensors do not match {source}: missing {missing}, unexpected {extra}")
-    for name, shape in shapes.items():
-        got = tuple(tensors[name].shape)
-        if len(got) != len(shape) or any(s is not None and g != s for g, s in zip(got, shape)):
-            want = tuple("any" if s is None else s for s in shape)
-            raise ValueError(f"{path}: tensor {name!r} has shape {got}, but {source} needs {want}")
-
-
-@contextmanager
-def naming(path: str | os.PathLike) -> Iterator[None]:
-    """Re-raise the ``ValueError``/``TypeError`` of building an object from a file as a ``ValueError`` naming it."""
-    try:
-        yield
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: {e}") from None

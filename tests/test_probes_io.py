@@ -40,9 +40,9 @@ def test_wrong_width_and_wrong_model(tiny, tmp_path):
     probe, _ = fitted(LogisticProbe)
     path = save_probe(tmp_path / "p.safetensors", probe, model=tiny, hook=HOOK)
     narrow = steerlens.tiny_model(n_layers=3, d_model=32, seed=0)
-    with pytest.raises(ValueError, match=r"width 64 does not match .*\(width 32\)"):
+    with pytest.raises(ValueError, match=r"has width 64 \(it does not match d_model 32 .*blocks.1.hook_resid_post"):
         load_probe(path, model=narrow)
-    with pytest.raises(ValueError, match="width 64 does not match"):
+    with pytest.raises(ValueError, match="has width 64 \\(it does not match"):
         load_probe(path, model=narrow, force=True)  # force never fixes a width
     other = steerlens.tiny_model(n_layers=3, d_model=64, seed=1)
     with pytest.raises(ValueError, match="fingerprint .*force=True"):
