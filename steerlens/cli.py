@@ -481,7 +481,8 @@ def probe(
     page = write_report(result, out, generalization=gen, acts=acts)
     b = result.best
     typer.echo(json.dumps({
-        "out": {"html": str(page), "json": str(out / "report.json"), "probe": str(out / "probe.safetensors")}, "best": {"layer": b["layer"], "method": b["method"], "hook": b["hook"]},
+        "out": {"html": str(page), "json": str(out / "report.json"), "probe": str(out / "probe.safetensors")},
+        "best": {"layer": b["layer"], "method": b["method"], "hook": b["hook"]},
         "val_auroc": b["val"]["auroc"], "test": {k: b["test"][k] for k in ("auroc", "auroc_ci", "accuracy", "tpr_at_1pct_fpr", "ece")},
         "control": b["control"], "generalization": gen.to_dict() if gen is not None else None,
     }, indent=1))

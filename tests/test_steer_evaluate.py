@@ -103,10 +103,11 @@ def test_calibrate_errors(tiny, vec):
 def test_report_is_self_contained(tiny, vec, tmp_path):
     res = steer.sweep(tiny, vec, [0.0, 2.0], PROMPTS, behaviour=lambda ts: [len(t) for t in ts],
                       neutral=TEXTS, max_new_tokens=3, progress=False)
-    out = steer.write_report(res, tmp_path / "rep")
-    html = (out / "report.html").read_text()
-    assert "<script" in html and "Plotly" in html and 'src="http' not in html
+    path = steer.write_report(res, tmp_path / "rep")
+    assert path == tmp_path / "rep" / "report.html"
+    html = path.read_text()
+    assert html.count("plotly.js v") == 1 and "Plotly" in html and 'src="http' not in html
     assert "random control" in html
-    data = json.loads((out / "report.json").read_text())
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert [p["coeff"] for p in data["points"]] == [0.0, 2.0] and len(data["control"]) == 2
     assert not [p for p in (tmp_path / "rep").iterdir() if p.name.startswith(".")]  # no temp files left
