@@ -8,6 +8,7 @@ import hashlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +18,22 @@ import torch
 from jaxtyping import Float
 
 from editing._model import SAMPLER_VERSION, check_layer, encode, key_hook, pad, pad_id, run_until, sample
+from steerlens import artifacts
 from steerlens.models import cache_dir, fingerprint, model_name
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-FORMAT_VERSION = 1
+FORMAT = "steerlens.key_statistics"
+#: 2: format name and version, checked on load with the model fingerprint (version-1 files had
+#: neither: ``KeyStatistics.load`` refuses them, so the cache recomputes them)
+VERSION = 2
+#: the metadata checked on load: ``n`` and the ``info`` that ``key_statistics`` records
+_FIELDS: dict[str, artifacts.Check] = {
+    "n": (lambda v: artifacts.POS_INT[0](v) and v >= 2, "an integer >= 2"), "model": artifacts.OPT_STR,
+    "fingerprint": artifacts.OPT_STR, "layer": artifacts.OPT_INT, "corpus_hash": artifacts.OPT_STR,
+    "n_tokens": artifacts.OPT_INT, "chunk_tokens": artifacts.OPT_INT, "sample_batch": artifacts.OPT_INT,
+}
 #: default token budgets, well under a few minutes on a CPU. Sampled text (the default corpus):
 #: Gemma 3 270M on 2 cores samples 8k tokens in 95-110 s, once (then cached); more did not make
 #: its edits more specific (8k, 16k, 30k: neighbourhood 0.63 each; benchmarks/README.md). A given
@@ -81,20 +92,38 @@ class KeyStatistics:
         ridge = reg * torch.trace(c) / d
         return torch.linalg.inv(c + ridge * torch.eye(d, dtype=c.dtype, device=c.device))
 
-    def save(self, path: str | os.PathLike) -> None:
-        from steerlens.io import save_tensors
+    def check_compatible(self, model: "TransformerBridge", *, force: bool = False) -> None:
+        """Raise ``ValueError`` when the statistics do not fit ``model``: a width other than its
+        ``d_mlp``, a layer it lacks, or (unless ``force``, which then warns) another fingerprint
+        than ``info["fingerprint"]`` (``steerlens.artifacts.check_compatible``)."""
+        layer = self.info.get("layer")
+        meta = artifacts.Meta(FORMAT, VERSION, hook="mlp_post" if layer is None else key_hook(layer),
+                              layers=None if layer is None else [layer], d_model=int(self.mom2.shape[0]),
+                              model_name=self.info.get("model"), fingerprint=self.info.get("fingerprint"))
+        artifacts.check_compatible(model, meta, "key statistics", force=force)
 
-        save_tensors(path, {"mom2": self.mom2, "mean": self.mean},
-                     {"format_version": FORMAT_VERSION, "n": self.n, **self.info})
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write safetensors (``mom2``, ``mean`` + JSON metadata: ``info``, ``n``) atomically."""
+        return artifacts.save(path, {"mom2": self.mom2, "mean": self.mean},
+                              {**self.info, "format": FORMAT, "version": VERSION, "n": self.n})
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "KeyStatistics":
-        from steerlens.io import load_tensors
-
-        t, meta = load_tensors(path)
-        n = int(meta.pop("n"))
-        meta.pop("format_version", None)
-        return cls(mom2=t["mom2"], mean=t["mean"], n=n, info=meta)
+    def load(cls, path: str | os.PathLike, model: "TransformerBridge | None" = None, *,
+             force: bool = False) -> "KeyStatistics":
+        """Read a file written by ``save``; ``ValueError`` naming the file if it is not key
+        statistics of format version ``VERSION`` or older or, with ``model``, they do not fit it
+        (``check_compatible``)."""
+        t, meta = artifacts.load(path, FORMAT, VERSION, what="key-statistics file", fields=_FIELDS, required=("n",))
+        d = t["mean"].shape[0] if "mean" in t and t["mean"].ndim == 1 else None
+        artifacts.check_tensors(path, t, {"mom2": (d, d), "mean": (d,)}, f"a mean of length {d}")
+        info = {k: v for k, v in meta.items() if k not in ("format", "version", "n")}
+        with artifacts.naming(path):
+            if not (torch.isfinite(t["mom2"]).all() and torch.isfinite(t["mean"]).all()):
+                raise ValueError("the statistics hold NaN or inf")
+            stats = cls(mom2=t["mom2"], mean=t["mean"], n=meta["n"], info=info)
+            if model is not None:
+                stats.check_compatible(model, force=force)
+        return stats
 
 
 def corpus_texts(corpus: str | os.PathLike | Sequence[str]) -> list[str]:
@@ -207,9 +236,17 @@ def key_statistics(
     if cache and str(path) in _MEMO:
         return _MEMO[str(path)]
     if cache and path.is_file():
-        stats = KeyStatistics.load(path)
-        _MEMO[str(path)] = stats
-        return stats
+        request = dict(layer=layer, corpus_hash=chash, n_tokens=n_tokens, chunk_tokens=chunk_tokens, sample_batch=sample_batch)
+        try:
+            stats = KeyStatistics.load(path, model)
+            other = {k: stats.info.get(k) for k, v in request.items() if stats.info.get(k) != v}
+            if other:
+                raise ValueError(f"{path} holds the statistics of another request ({other})")
+        except (ValueError, OSError) as e:  # another version or model, unreadable: a miss, replaced below
+            warnings.warn(f"recomputing the key statistics: {e}", stacklevel=2)
+        else:
+            _MEMO[str(path)] = stats
+            return stats
 
     t0 = time.perf_counter()
     fitter = CovarianceFitter(int(model.cfg.d_mlp))

@@ -407,3 +407,58 @@ def test_bf16_model_edit_runs_in_float32():
     assert not torch.equal(W, saved[1])
     h.revert()
     assert _same(model, saved)
+
+
+def test_key_statistics_files_are_checked_and_bad_cache_files_are_misses(tiny, tmp_path, monkeypatch):
+    """KeyStatistics.load refuses another model's fingerprint, a future version, a version-1 file
+    (no format name) and a corrupt one, naming the file; key_statistics recomputes over them."""
+    import re
+
+    import editing.covariance as cov
+    from steerlens.io import load_tensors, save_tensors
+
+    monkeypatch.setenv("STEERLENS_CACHE", str(tmp_path))
+    stats = key_statistics(tiny, 1, corpus=CORPUS, n_tokens=300, progress=False)
+    path = cache_path(tiny, 1, corpus_hash(CORPUS, 0), 300, 128)
+    back = KeyStatistics.load(path, tiny)
+    assert torch.equal(back.mom2, stats.mom2) and back.n == 300 and back.info == stats.info
+    t, meta = load_tensors(path)
+    assert (meta["format"], meta["version"]) == ("steerlens.key_statistics", cov.VERSION)
+
+    other = steerlens.tiny_model(n_layers=3, d_model=64, seed=1)  # same shapes, other weights
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: .*fingerprint .*force=True"):
+        KeyStatistics.load(path, other)
+    with pytest.warns(UserWarning, match="used anyway"):
+        KeyStatistics.load(path, other, force=True)
+    narrow = steerlens.tiny_model(n_layers=3, d_model=32, seed=0)
+    with pytest.raises(ValueError, match=r"has width 256 \(it does not match d_mlp 128"):
+        KeyStatistics.load(path, narrow, force=True)
+
+    def put(tensors=t, **changes):  # a bad file at the cache path; key_statistics must recompute it
+        drop = changes.pop("drop", ())
+        save_tensors(path, tensors, {k: v for k, v in {**meta, **changes}.items() if k not in drop})
+        _MEMO.clear()
+
+    bad = [
+        (dict(version=cov.VERSION + 1), rf"format version {cov.VERSION + 1}; this steerlens reads <= {cov.VERSION}"),
+        (dict(fingerprint="0" * 16), r"fingerprint 0{16}.*force=True"),
+        (dict(drop=("format", "version"), format_version=1), r"not a steerlens key-statistics file \(metadata format None"),
+        (dict(n=1), r"metadata 'n' must be an integer >= 2, got 1"),
+        (dict(n_tokens=999), r"statistics of another request \(\{'n_tokens': 999\}\)"),
+        (dict(tensors={"mom2": t["mom2"], "mean": t["mean"][:5]}), r"tensor 'mom2' has shape \(256, 256\), but a mean of length 5"),
+    ]
+    for changes, match in bad:
+        put(**changes)
+        if "n_tokens" not in changes:  # a file of another request loads: key_statistics refuses it
+            with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:? .*{match}"):
+                KeyStatistics.load(path, tiny)
+        with pytest.warns(UserWarning, match=f"recomputing the key statistics: .*{match}"):
+            again = key_statistics(tiny, 1, corpus=CORPUS, n_tokens=300, progress=False)
+        assert torch.equal(again.mom2, stats.mom2) and again.info["fingerprint"] == steerlens.fingerprint(tiny)
+        assert KeyStatistics.load(path, tiny).n == 300  # the recomputed file replaced the bad one
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    _MEMO.clear()
+    with pytest.raises(ValueError, match=re.escape(f"{path} is not a readable steerlens key-statistics file")):
+        KeyStatistics.load(path)
+    with pytest.warns(UserWarning, match="recomputing"):
+        assert torch.equal(key_statistics(tiny, 1, corpus=CORPUS, n_tokens=300, progress=False).mom2, stats.mom2)
