@@ -1,15 +1,12 @@
-"""A self-contained HTML + JSON report of an ``EditReport`` (plotly inlined, written atomically)."""
+"""The report of an ``EditReport``: a self-contained page (``steerlens.report``) and ``report.json``."""
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from steerlens.io import write_json, write_text
 
 if TYPE_CHECKING:
     from editing.evaluation import EditReport
@@ -37,32 +34,31 @@ def _fmt(x) -> str:
         return "–"
     if isinstance(x, float):
         return f"{x:.3f}"
-    return html.escape(str(x))
+    return str(x)
 
 
-def write_report(report: "EditReport", out: str | os.PathLike, *, traces: list["CausalTrace"] = (), title: str = "Edit report") -> Path:
-    """Write ``out/report.html`` and ``out/report.json``; returns the HTML path."""
+def write_report(report: "EditReport", out: str | os.PathLike, *, traces: list["CausalTrace"] = (),
+                 title: str = "Edit report") -> Path:
+    """Write the report of an edit run into the directory ``out`` (created if missing):
+    ``report.html`` (before/after scores, one row per edit, plots, the causal ``traces`` given,
+    the settings) and ``report.json``, both atomically. Returns the path of ``out/report.html``."""
     import plotly.graph_objects as go
 
-    out = Path(out)
+    from steerlens.report import Page, bold
+
     data = report.to_dict()
     data["traces"] = [t.to_dict() for t in traces]
     b, a = data["summary"]["before"], data["summary"]["after"]
-    rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{_fmt(b.get(k))}</td><td>{_fmt(a.get(k))}</td></tr>"
-                   for k, label in _SUMMARY_ROWS)
-    per = []
     erase = report.mode == "erase"
+    per = []
     for e, fb, fa in zip(report.edits, report.before.facts, report.after.facts):
-        cols = ([_fmt(fb.p_true), _fmt(fa.p_true), _fmt(fb.rank_true), _fmt(fa.rank_true)] if erase
-                else [_fmt(fb.efficacy_magnitude), _fmt(fa.efficacy_magnitude), _fmt(fa.paraphrase)])
-        cols += [_fmt(fb.neighbourhood), _fmt(fa.neighbourhood), _fmt(fb.fluency), _fmt(fa.fluency), _fmt(e["steps"])]
-        target = html.escape(f"{e['target_true']!r}" + ("" if erase else f" → {e['target_new']!r}"))
-        per.append(f"<tr><td>{html.escape(e['prompt'])}</td><td>{target}</td>" + "".join(f"<td>{c}</td>" for c in cols) + "</tr>")
+        cols = ([fb.p_true, fa.p_true, fb.rank_true, fa.rank_true] if erase
+                else [fb.efficacy_magnitude, fa.efficacy_magnitude, fa.paraphrase])
+        cols += [fb.neighbourhood, fa.neighbourhood, fb.fluency, fa.fluency, e["steps"]]
+        per.append([e["prompt"], f"{e['target_true']!r}" + ("" if erase else f" → {e['target_new']!r}"), *cols])
     head = (["P(true) before", "P(true) after", "rank before", "rank after"] if erase
             else ["P(new)−P(true) before", "after", "paraphrase after"])
     head += ["neighbourhood before", "after", "fluency before", "after", "steps"]
-    per_table = ("<table><tr><th>prompt</th><th>object</th>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
-                 + "".join(per) + "</table>")
 
     keys = ["efficacy", "paraphrase", "neighbourhood", "neighbourhood_top1", "true_in_top10"]
     fig = go.Figure([go.Bar(name="before", x=keys, y=[b[k] for k in keys]), go.Bar(name="after", x=keys, y=[a[k] for k in keys])])
@@ -79,18 +75,18 @@ def write_report(report: "EditReport", out: str | os.PathLike, *, traces: list["
     figs.append(f2)
     for t in traces:
         figs += t.figures()
-    plots = "".join(f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs))
-    info = html.escape(json.dumps(data["info"], indent=1, default=str))
-    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>mode: <b>{report.mode}</b>, {'stacked' if report.stacked else 'one edit at a time (each reverted before the next)'},
-layer {report.layer}, {len(report.edits)} edits.</p>
-<h2>Before / after</h2><table><tr><th>metric</th><th>before</th><th>after</th></tr>{rows}</table>
-<h2>Per edit</h2>{per_table}
-<h2>Plots</h2>{plots}
-<h2>Settings</h2><pre>{info}</pre></body></html>"""
-    write_json(out / "report.json", data)
-    write_text(out / "report.html", doc)
-    return out / "report.html"
+
+    page = Page(title)
+    page.paragraph("mode: ", bold(report.mode), ", ",
+                   "stacked" if report.stacked else "one edit at a time (each reverted before the next)",
+                   f", layer {report.layer}, {len(report.edits)} edits.")
+    page.section("Before / after")
+    page.table([[label, b.get(k), a.get(k)] for k, label in _SUMMARY_ROWS], ["metric", "before", "after"], fmt=_fmt)
+    page.section("Per edit")
+    page.table(per, ["prompt", "object", *head], fmt=_fmt)
+    page.section("Plots")
+    for f in figs:
+        page.figure(f)
+    page.section("Settings")
+    page.preformatted(json.dumps(data["info"], indent=1, default=str))
+    return page.write(Path(out) / "report.html", data=data)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -86,18 +87,16 @@ class CausalTrace:
                 "window": self.window, "samples": self.samples, "noise_std": self.noise_std, "seed": self.seed,
                 "scores": {k: v.tolist() for k, v in self.scores.items()}}
 
-    def save_html(self, path) -> None:
-        from steerlens.io import write_text
+    def save_html(self, path) -> Path:
+        """Write the heatmaps and the curve as one self-contained page (``steerlens.report``) to the
+        file ``path``, atomically; returns ``Path(path)``. (A trace is a single file, unlike the
+        ``write_report(result, out)`` directories; the CLI writes its JSON next to it.)"""
+        from steerlens.report import Page
 
-        body = "".join(f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(self.figures()))
-        write_text(path, f"<!doctype html><html><head><meta charset='utf-8'><title>causal trace</title></head>"
-                         f"<body><h2>Causal trace: {_esc(self.prompt)} → {_esc(self.target)}</h2>{body}</body></html>")
-
-
-def _esc(s: str) -> str:
-    import html
-
-    return html.escape(s)
+        page = Page("causal trace", heading=f"Causal trace: {self.prompt} → {self.target}")
+        for f in self.figures():
+            page.figure(f)
+        return page.write(path)
 
 
 def default_window(model: "TransformerBridge") -> int:

@@ -43,8 +43,9 @@ def test_causal_trace_shapes_determinism_and_full_restoration(tiny, tmp_path):
     c = causal_trace(tiny, "Bob lives in the city of", "Bob", samples=3, seed=2, progress=False)
     assert c.p_corrupt != a.p_corrupt
     assert set(a.last_subject_curve()) == {"resid", "mlp", "attn"}
-    a.save_html(tmp_path / "t.html")
-    assert "plotly" in (tmp_path / "t.html").read_text()
+    assert a.save_html(tmp_path / "t.html") == tmp_path / "t.html"
+    page = (tmp_path / "t.html").read_text()
+    assert page.count("plotly.js v") == 1 and page.count('class="plotly-graph-div"') == 4  # 3 heatmaps + curve
 
 
 def test_causal_trace_bad_input(tiny):
@@ -118,9 +119,12 @@ def test_evaluate_edits_restores_weights_and_reports(tiny, tmp_path, mode, stack
     assert count_hooks(tiny) == hooks
     assert len(rep.after.facts) == 2 and len(rep.edits) == 2 and rep.after.kl is not None
     html = write_report(rep, tmp_path / "r")
+    assert html == tmp_path / "r" / "report.html"
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert data["mode"] == mode and set(data["summary"]) == {"before", "after"}
-    assert "<table>" in html.read_text() and "plotly" in html.read_text()
+    page = html.read_text()
+    assert "<table>" in page and page.count("plotly.js v") == 1 and page.count('class="plotly-graph-div"') == 2
+    assert f"<tr><td>{REQS[0].prompt}</td><td>&#x27; Paris&#x27;" in page  # the first edit's row, escaped
 
 
 def test_run_experiment_jsonl_and_cli(tiny, tmp_path):
