@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -79,7 +80,8 @@ STR: Check = (lambda v: isinstance(v, str), "a string")
 OPT_STR: Check = (lambda v: v is None or isinstance(v, str), "a string or null")
 POS_INT: Check = (lambda v: _is_int(v) and v > 0, "a positive integer")
 OPT_INT: Check = (lambda v: v is None or _is_int(v), "an integer or null")
-OPT_NUMBER: Check = (lambda v: v is None or _is_int(v) or isinstance(v, float), "a number or null")
+OPT_NUMBER: Check = (lambda v: v is None or isinstance(v, float) or _is_int(v) and abs(v) <= sys.float_info.max,
+                     "a number or null")  # JSON integers are unbounded: 10**400 is no float
 DICT: Check = (lambda v: isinstance(v, dict), "a JSON object")
 OPT_DICT: Check = (lambda v: v is None or isinstance(v, dict), "a JSON object or null")
 LAYERS: Check = (lambda v: isinstance(v, list) and bool(v) and all(_is_int(x) and x >= 0 for x in v)
@@ -120,6 +122,8 @@ def load(path: str | os.PathLike, format: str, max_version: int, *, what: str | 
         tensors, meta = load_tensors(path)
     except ValueError as e:  # truncated, not safetensors, metadata not JSON (e.g. HF weights' {"format": "pt"})
         raise ValueError(f"{path} is not a readable steerlens {what}: {str(e).removeprefix(f'{path}: ')}") from None
+    except RecursionError:  # json.loads of a metadata value nested thousands deep
+        raise ValueError(f"{path} is not a readable steerlens {what}: its metadata is nested too deeply") from None
     if meta.get("format") != format:
         raise ValueError(f"{path} is not a steerlens {what} (metadata format {meta.get('format')!r}, expected {format!r})")
     missing = [k for k in required if k not in meta]

@@ -73,10 +73,17 @@ def test_corrupt_files_name_the_file(tmp_path):
         artifacts.load(junk, FMT, 2)
     for change, match in [(dict(layers=[0, "a"]), r"metadata 'layers' must be a non-empty list"),
                           (dict(version="2"), r"metadata 'version' must be a positive integer, got '2'"),
-                          (dict(fingerprint=5), r"metadata 'fingerprint' must be a string or null, got 5")]:
+                          (dict(fingerprint=5), r"metadata 'fingerprint' must be a string or null, got 5"),
+                          (dict(coeff=10**400), r"metadata 'coeff' must be a number or null, got 1000")]:
         bad = rewrite(path, **change)
         with named(bad, match):
-            artifacts.load(bad, FMT, 2)
+            artifacts.load(bad, FMT, 2, fields={**artifacts.PROVENANCE, "coeff": artifacts.OPT_NUMBER})
+    from safetensors.torch import save_file
+
+    deep = tmp_path / "deep.safetensors"
+    save_file({"w": torch.zeros(1)}, str(deep), metadata={"format": f'"{FMT}"', "info": "[" * 100_000 + "]" * 100_000})
+    with pytest.raises(ValueError, match=re.escape(f"{deep} is not a readable steerlens thing: its metadata is nested too deeply")):
+        artifacts.load(deep, FMT, 2)
     with named(path, r"the thing metadata lacks \['coeff'\]"):
         artifacts.load(path, FMT, 2, required=("coeff",))
     tensors, _ = artifacts.load(path, FMT, 2)
