@@ -7,7 +7,6 @@ Like the CLI, this module alone (with ``steerlens.cli``) imports ``probes``, ``s
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import time
@@ -47,7 +46,6 @@ def run_tour(
 
     from steerlens import data
     from steerlens.capturing import capture
-    from steerlens.io import write_json, write_text
     from steerlens.models import fingerprint, model_name
 
     if n_facts < 1:
@@ -100,55 +98,48 @@ def run_tour(
     summary["seconds"] = seconds
 
     out = Path(out)
-    write_json(out / "tour.json", summary)
-    write_text(out / "index.html", _html(summary, figs))
-    return out / "index.html"
+    return _page(summary, figs).write(out / "index.html", data=summary, data_path=out / "tour.json")
 
 
 def _fmt(x: Any) -> str:
-    return f"{x:.3f}" if isinstance(x, float) else html.escape(str(x))
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
-def _table(head: list[str], rows: list[list[Any]]) -> str:
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{th}</tr>{body}</table>"
-
-
-def _html(s: dict, figs: dict[str, list]) -> str:
-    plotted = [0]
-
-    def plots(key: str) -> str:
-        parts = []
-        for f in figs.get(key, []):
-            parts.append(f.to_html(full_html=False, include_plotlyjs=plotted[0] == 0))  # plotly.js inlined once
-            plotted[0] += 1
-        return "".join(parts)
+def _page(s: dict, figs: dict[str, list]):
+    from steerlens.report import Page, bold
 
     m, p, st, ed = s["model"], s["probes"], s["steer"], s["editing"]
-    ci = p["test_auroc_ci"]
-    probe_txt = (f"<p>{p['n']} statements; chosen on validation: <b>{p['method']}</b> at layer <b>{p['best_layer']}</b>, "
-                 f"test AUROC <b>{p['test_auroc']:.3f}</b>" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "") + ".</p>")
-    cal = st.get("calibration") or {}
-    steer_txt = (f"<p>Mean difference of the {html.escape(st['dataset'])} pairs at layer {st['layer']}, added at every "
-                 f"position with coefficient {st['coeff']:.3g} (the largest with KL ≤ 0.1 nats on neutral text"
-                 + (f"; KL {cal['kl']:.3f}" if "kl" in cal else "") + "). Greedy generations:</p>"
-                 + _table(["prompt", "plain", "steered"], [[g["prompt"], g["plain"], g["steered"]] for g in st["generations"]]))
-    keys = ["efficacy", "paraphrase", "neighbourhood", "fluency", "true_in_top10", "perplexity"]
-    edit_txt = (f"<p>{len(ed['edits'])} facts rewritten one at a time at layer {ed['layer']} (ROME, key statistics from "
-                f"{ed['n_tokens']} tokens of the shipped datasets' text), each evaluated and reverted.</p>"
-                + _table(["metric", "before", "after"], [[k, ed["before"].get(k), ed["after"].get(k)] for k in keys])
-                + _table(["prompt", "true", "new", "steps"],
-                         [[e["prompt"], e["target_true"], e["target_new"], e["steps"]] for e in ed["edits"]])
-                + "<p>Causal trace of the first fact:</p>")
+    page = Page(f"steerlens tour: {m['name']}")
     secs = ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items())
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>steerlens tour: {html.escape(m['name'])}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;vertical-align:top}}</style></head><body>
-<h1>steerlens tour: {html.escape(m['name'])}</h1>
-<p>{m['n_layers']} layers, d_model {m['d_model']}, fingerprint {html.escape(m['fingerprint'])}. Time: {html.escape(secs)}.</p>
-<h2>Capture and probes: truthfulness</h2>{probe_txt}{plots('probes')}
-<h2>Steering: sentiment</h2>{steer_txt}
-<h2>Editing: ROME</h2>{edit_txt}{plots('editing')}
-<h2>All numbers</h2><pre>{html.escape(json.dumps(s, indent=1, default=str))}</pre>
-</body></html>"""
+    page.paragraph(f"{m['n_layers']} layers, d_model {m['d_model']}, fingerprint {m['fingerprint']}. Time: {secs}.")
+
+    page.section("Capture and probes: truthfulness")
+    ci = p["test_auroc_ci"]
+    page.paragraph(f"{p['n']} statements; chosen on validation: ", bold(p["method"]), " at layer ",
+                   bold(p["best_layer"]), ", test AUROC ", bold(f"{p['test_auroc']:.3f}"),
+                   f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "", ".")
+    for f in figs.get("probes", []):
+        page.figure(f)
+
+    page.section("Steering: sentiment")
+    cal = st.get("calibration") or {}
+    page.paragraph(f"Mean difference of the {st['dataset']} pairs at layer {st['layer']}, added at every position with "
+                   f"coefficient {st['coeff']:.3g} (the largest with KL ≤ 0.1 nats on neutral text"
+                   + (f"; KL {cal['kl']:.3f}" if "kl" in cal else "") + "). Greedy generations:")
+    page.table([[g["prompt"], g["plain"], g["steered"]] for g in st["generations"]], ["prompt", "plain", "steered"],
+               fmt=_fmt)
+
+    page.section("Editing: ROME")
+    page.paragraph(f"{len(ed['edits'])} facts rewritten one at a time at layer {ed['layer']} (ROME, key statistics "
+                   f"from {ed['n_tokens']} tokens of the shipped datasets' text), each evaluated and reverted.")
+    keys = ["efficacy", "paraphrase", "neighbourhood", "fluency", "true_in_top10", "perplexity"]
+    page.table([[k, ed["before"].get(k), ed["after"].get(k)] for k in keys], ["metric", "before", "after"], fmt=_fmt)
+    page.table([[e["prompt"], e["target_true"], e["target_new"], e["steps"]] for e in ed["edits"]],
+               ["prompt", "true", "new", "steps"], fmt=_fmt)
+    page.paragraph("Causal trace of the first fact:")
+    for f in figs.get("editing", []):
+        page.figure(f)
+
+    page.section("All numbers")
+    page.preformatted(json.dumps(s, indent=1, default=str))
+    return page

@@ -24,7 +24,8 @@ def test_tour_writes_one_report_and_leaves_the_model_as_it_was(tiny, tmp_path):
     page = path.read_text()
     for section in ("Capture and probes", "Steering", "Editing", summary["steer"]["generations"][0]["prompt"]):
         assert section in page
-    assert "Plotly.newPlot" in page
+    assert page.count("plotly.js v") == 1 and page.count('class="plotly-graph-div"') == 6  # 2 probe plots, 4 trace plots
+    assert path == tmp_path / "tour" / "index.html" and "<h2>All numbers</h2>" in page
     assert all(torch.equal(M.down_proj(tiny, L)[0], w) for L, w in enumerate(weights))  # edits reverted
     assert count_hooks(tiny) == hooks
 
