@@ -83,7 +83,7 @@ def main() -> None:
     reqs = list(reqs)[: args.edits]
     cfg = RomeConfig()
     # prefixes are sampled once per (model, seed) and cached: time that apart
-    from editing._model import _PREFIXES, prefixes
+    from editing.prompts import _PREFIXES, prefixes
 
     _PREFIXES.clear()
     t = time.perf_counter()

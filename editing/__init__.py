@@ -41,7 +41,13 @@ if TYPE_CHECKING:
     from editing.tracing import causal_trace
 
 
+#: public submodules, reachable as attributes after `import editing` (e.g. editing.sites.down_proj)
+_MODULES = {"covariance", "evaluation", "experiment", "prompts", "report", "rome", "sites", "tracing"}
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
+    if name in _MODULES:
+        return import_module(f"editing.{name}")
     raise AttributeError(f"module 'editing' has no attribute {name!r}")

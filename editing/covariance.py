@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING
 import torch
 from jaxtyping import Float
 
-from editing._model import SAMPLER_VERSION, check_layer, encode, key_hook, pad, pad_id, run_until, sample
+from editing.prompts import SAMPLER_VERSION, sample
+from editing.sites import check_layer, key_hook
 from steerlens import artifacts
+from steerlens.forward import run_to
 from steerlens.models import cache_dir, fingerprint, model_name
+from steerlens.tokens import encode, pad, pad_id
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -253,7 +256,7 @@ def key_statistics(
     bar = tqdm(total=n_tokens, desc=f"key statistics L{layer}", unit="tok", disable=not progress)
     for ids, mask in _chunks(model, corpus, n_tokens, seed, sample_batch or batch_size, chunk_tokens):
         with torch.no_grad():
-            k = run_until(model, ids, mask, key_hook(layer))
+            k = run_to(model, ids, mask, key_hook(layer))
         real = mask.bool().clone()
         real[:, 0] = False  # BOS
         rows = k[real.to(k.device)][: n_tokens - fitter.n]

@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from editing import _model as M
+from editing import sites
+from editing.prompts import encode_target, sample, score_targets
 from editing.rome import Mode, Request, RomeConfig, check_context, edit
+from steerlens.forward import final_hidden, logits_at
 from steerlens.models import fingerprint, model_name
+from steerlens.tokens import encode, pad, pad_id
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -122,24 +125,24 @@ def check_lengths(model: "TransformerBridge", requests: Sequence[Request], *, fl
     ``fluency_tokens`` sampled after it), does not fit the model's context."""
     for i, r in enumerate(requests):
         targets = {"target_true": r.target_true, **({"target_new": r.target_new} if r.target_new else {})}
-        n_tgt = {name: len(M.encode_target(model, t, name)) for name, t in targets.items()}
+        n_tgt = {name: len(encode_target(model, t, name)) for name, t in targets.items()}
         name = max(n_tgt, key=n_tgt.get)
         for kind, ps in (("prompt", [r.prompt]), ("paraphrases", list(r.paraphrases)), ("neighbourhood", list(r.neighbourhood))):
             for j, p in enumerate(ps):
                 what = f"requests[{i}].{kind}" + ("" if kind == "prompt" else f"[{j}]")
-                check_context(model, what, len(M.encode(model, p)), n_tgt[name], f"its {name}")
+                check_context(model, what, len(encode(model, p)), n_tgt[name], f"its {name}")
         if fluency_tokens > 0:
-            check_context(model, f"requests[{i}].prompt", len(M.encode(model, r.prompt)), fluency_tokens, "fluency_tokens")
+            check_context(model, f"requests[{i}].prompt", len(encode(model, r.prompt)), fluency_tokens, "fluency_tokens")
     for i, t in enumerate(neutral_texts):
-        check_context(model, f"neutral_texts[{i}]", len(M.encode(model, t)))
+        check_context(model, f"neutral_texts[{i}]", len(encode(model, t)))
 
 
 def fact_metrics(model: "TransformerBridge", requests: Sequence[Request], *, fluency: dict[str, float] | None = None) -> list[FactMetrics]:
     """CounterFact metrics for each request on the model as it is now (one batched pass)."""
     prompts, targets, index = [], [], []
     for i, r in enumerate(requests):
-        true_ids = M.encode_target(model, r.target_true, "target_true")
-        new_ids = M.encode_target(model, r.target_new, "target_new") if r.target_new else None
+        true_ids = encode_target(model, r.target_true, "target_true")
+        new_ids = encode_target(model, r.target_new, "target_new") if r.target_new else None
         for kind, ps in (("prompt", [r.prompt]), ("para", list(r.paraphrases)), ("nb", list(r.neighbourhood))):
             for j, p in enumerate(ps):
                 for which, ids in (("true", true_ids), ("new", new_ids)):
@@ -147,7 +150,7 @@ def fact_metrics(model: "TransformerBridge", requests: Sequence[Request], *, flu
                         prompts.append(p)
                         targets.append(ids)
                         index.append((i, kind, j, which))
-    sc = M.score_targets(model, prompts, targets)
+    sc = score_targets(model, prompts, targets)
     lp = sc.mean_logp()
     got: dict[tuple, tuple[float, float, int]] = {}
     for n, key in enumerate(index):
@@ -183,16 +186,16 @@ def fact_metrics(model: "TransformerBridge", requests: Sequence[Request], *, flu
 def neutral_logprobs(model: "TransformerBridge", texts: Sequence[str] = NEUTRAL_TEXTS) -> torch.Tensor:
     """Next-token log-probabilities at every real position of ``texts`` ``[n_tokens, vocab]``,
     the last row of each text ending the text (so ``n_tokens`` = Σ(len − 1))."""
-    rows = [M.encode(model, t) for t in texts]
-    ids, mask = M.pad(rows, M.pad_id(model))
-    hidden = M.final_hidden(model, ids, mask)
-    return torch.cat([M.logits_at(model, hidden[i, : len(r) - 1]).log_softmax(-1).cpu() for i, r in enumerate(rows)])
+    rows = [encode(model, t) for t in texts]
+    ids, mask = pad(rows, pad_id(model))
+    hidden = final_hidden(model, ids, mask)
+    return torch.cat([logits_at(model, hidden[i, : len(r) - 1]).log_softmax(-1).cpu() for i, r in enumerate(rows)])
 
 
 def neutral_metrics(model, texts, reference: torch.Tensor | None) -> tuple[float, float | None, torch.Tensor]:
     """Perplexity of ``texts`` and KL(reference ‖ model) per token."""
     lp = neutral_logprobs(model, texts)
-    nxt = torch.cat([torch.tensor(M.encode(model, t)[1:]) for t in texts])
+    nxt = torch.cat([torch.tensor(encode(model, t)[1:]) for t in texts])
     ppl = float(torch.exp(-lp.gather(-1, nxt[:, None]).mean()))
     kl = None
     if reference is not None:
@@ -205,7 +208,7 @@ def fluency(model, prompts: Sequence[str], *, samples: int, tokens: int, seed: i
     if tokens <= 0 or samples <= 0:
         return {}
     rep = [p for p in prompts for _ in range(samples)]
-    texts = M.sample(model, rep, n=len(rep), max_new_tokens=tokens, seed=seed, top_k=5)
+    texts = sample(model, rep, n=len(rep), max_new_tokens=tokens, seed=seed, top_k=5)
     out: dict[str, list[float]] = {}
     for p, t in zip(rep, texts):
         out.setdefault(p, []).append(n_gram_entropy(t))
@@ -257,7 +260,7 @@ def evaluate_edits(
     requests = list(requests)
     if not requests:
         raise ValueError("requests is empty")
-    layer = M.default_layer(model) if layer is None else M.check_layer(model, layer)
+    layer = sites.default_layer(model) if layer is None else sites.check_layer(model, layer)
     check_lengths(model, requests, fluency_tokens=fluency_tokens if fluency_samples > 0 else 0, neutral_texts=neutral_texts)
     if stats is None:
         stats = key_statistics(model, layer, corpus=corpus, n_tokens=config.n_tokens, seed=config.seed, progress=progress)

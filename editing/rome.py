@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import torch
 from jaxtyping import Float
 
-from editing import _model as M
+from editing import prompts, sites
 from editing.covariance import KeyStatistics, key_statistics
+from steerlens.forward import final_hidden, logits_at, run_to
 from steerlens.steps import exclusive
+from steerlens.tokens import encode, pad, pad_id
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -125,7 +127,7 @@ class EditHandle:
 
     @property
     def weight(self) -> torch.nn.Parameter:
-        return M.down_proj(self.model, self.layer)[0]
+        return sites.down_proj(self.model, self.layer)[0]
 
     def _along(self, w: torch.Tensor) -> float | None:
         """⟨W − S, ΔŴ⟩: the weight without the live edits, projected on this edit's unit ΔW; edits
@@ -183,12 +185,12 @@ def _check_request(model, request: Request, mode: Mode, prefixes: Sequence[str] 
             raise ValueError(f"request.{name} must be a non-empty string")
     if mode not in ("rewrite", "erase"):
         raise ValueError(f"mode must be 'rewrite' or 'erase', got {mode!r}")
-    M.subject_last(model, request.prompt, request.subject)  # raises if absent
-    true_ids = M.encode_target(model, request.target_true, "target_true")
-    new_ids = M.encode_target(model, request.target_new, "target_new") if mode == "rewrite" else None
+    prompts.subject_last(model, request.prompt, request.subject)  # raises if absent
+    true_ids = prompts.encode_target(model, request.target_true, "target_true")
+    new_ids = prompts.encode_target(model, request.target_new, "target_new") if mode == "rewrite" else None
     if new_ids is not None and new_ids == true_ids:
         raise ValueError(f"target_new {request.target_new!r} equals target_true")
-    n = max(len(M.encode(model, M.with_prefix(p, request.prompt)[0])) for p in ["", *prefixes])
+    n = max(len(encode(model, prompts.with_prefix(p, request.prompt)[0])) for p in ["", *prefixes])
     tgt, tgt_name = (new_ids, "target_new") if mode == "rewrite" else (true_ids, "target_true")
     check_context(model, "request.prompt" + (" with its longest prefix" if prefixes else ""), n, len(tgt), tgt_name)
     return true_ids, new_ids
@@ -199,12 +201,12 @@ def compute_key(
 ) -> Float[torch.Tensor, " d_mlp"]:
     """k*: the mean of the down-projection's input at the subject's last token over ``prompt``
     and each ``"{prefix}. {prompt}"`` (ROME §3.1, eq. 3)."""
-    texts = [M.with_prefix(p, prompt) for p in ["", *prefixes]]
-    rows = [M.encode(model, t) for t, _ in texts]
-    idx = [M.subject_last(model, t, subject, after=a) for t, a in texts]
-    ids, mask = M.pad(rows, M.pad_id(model))
+    texts = [prompts.with_prefix(p, prompt) for p in ["", *prefixes]]
+    rows = [encode(model, t) for t, _ in texts]
+    idx = [prompts.subject_last(model, t, subject, after=a) for t, a in texts]
+    ids, mask = pad(rows, pad_id(model))
     with torch.no_grad():
-        k = M.run_until(model, ids, mask, M.key_hook(layer))
+        k = run_to(model, ids, mask, sites.key_hook(layer))
     return k[torch.arange(len(rows)), torch.tensor(idx)].float().mean(0).cpu()
 
 
@@ -231,18 +233,18 @@ def compute_value(
     """
     true_ids, new_ids = _check_request(model, request, mode, prefixes)
     tgt = new_ids if mode == "rewrite" else true_ids
-    dev = M.device_of(model)
-    texts = [M.with_prefix(p, request.prompt) for p in ["", *prefixes]]
+    dev = _device(model)
+    texts = [prompts.with_prefix(p, request.prompt) for p in ["", *prefixes]]
     kl_text = f"{request.subject} is a"
     rows, lookup, tpos = [], [], []
     for text, a in texts:
-        ids = M.encode(model, text)
-        lookup.append(M.subject_last(model, text, request.subject, after=a))
+        ids = encode(model, text)
+        lookup.append(prompts.subject_last(model, text, request.subject, after=a))
         tpos.append(len(ids) - 1)
         rows.append(ids + tgt[:-1])
-    rows.append(M.encode(model, kl_text))
-    lookup.append(M.subject_last(model, kl_text, request.subject))
-    ids, mask = M.pad(rows, M.pad_id(model))
+    rows.append(encode(model, kl_text))
+    lookup.append(prompts.subject_last(model, kl_text, request.subject))
+    ids, mask = pad(rows, pad_id(model))
     n_rw = len(texts)
     lookup_t = torch.tensor(lookup, device=dev)
     rows_t = torch.arange(len(rows), device=dev)
@@ -251,18 +253,18 @@ def compute_value(
     tgt_t = torch.tensor(tgt, device=dev)
 
     with torch.no_grad():
-        raw0 = M.run_until(model, ids[:1], mask[:1], M.out_hook(layer))[0, lookup[0]].float()
+        raw0 = run_to(model, ids[:1], mask[:1], sites.out_hook(layer))[0, lookup[0]].float()
         # The rank-one update adds Λ·(uᵀk)/(uᵀk*) at a key k (u = C⁻¹k*), not Λ: scale δ per
         # prompt by that factor so the optimisation sees exactly what the edited weight will do
         # (the plain prompt's key can differ much from the prefix average, e.g. right after BOS).
         if u is None:
             scale_rows = torch.ones(len(rows), device=dev)
         else:
-            keys = M.run_until(model, ids, mask, M.key_hook(layer))[rows_t, lookup_t].float().cpu()
+            keys = run_to(model, ids, mask, sites.key_hook(layer))[rows_t, lookup_t].float().cpu()
             uu = u.float()
             scale_rows = ((keys @ uu) / (k_star.float() @ uu)).to(dev)
-        h0 = M.final_hidden(model, ids[-1:], mask[-1:])
-        kl_ref = M.logits_at(model, h0[0, lookup[-1]]).log_softmax(-1)
+        h0 = final_hidden(model, ids[-1:], mask[-1:])
+        kl_ref = logits_at(model, h0[0, lookup[-1]]).log_softmax(-1)
     scale = raw0.norm() / raw0.numel() ** 0.5  # rms of v₀: makes lr scale-free across models
     max_norm = config.clamp_norm_factor * raw0.norm()
     delta = torch.zeros_like(raw0, requires_grad=True)
@@ -277,8 +279,8 @@ def compute_value(
     erase_k = config.erase_top_k * config.erase_margin
     for _ in range(config.steps):
         opt.zero_grad()
-        hidden = M.final_hidden(model, ids, mask, [(M.out_hook(layer), add_delta)])
-        logp = M.logits_at(model, hidden[torch.arange(n_rw, device=dev)[:, None], pos]).log_softmax(-1)
+        hidden = final_hidden(model, ids, mask, [(sites.out_hook(layer), add_delta)])
+        logp = logits_at(model, hidden[torch.arange(n_rw, device=dev)[:, None], pos]).log_softmax(-1)
         tok_lp = logp.gather(-1, tgt_t.expand(n_rw, -1)[..., None])[..., 0]  # [n_rw, len(tgt)]
         if mode == "rewrite":
             main = -tok_lp.mean(1).mean()
@@ -290,7 +292,7 @@ def compute_value(
             # minimise the likelihood of the true object where it is still near the top
             main = (tok_lp.mean(1) * active).sum() / active.sum().clamp(min=1)
             done = not bool(active.any())
-        kl_lp = M.logits_at(model, hidden[-1, lookup[-1]]).log_softmax(-1)
+        kl_lp = logits_at(model, hidden[-1, lookup[-1]]).log_softmax(-1)
         kl = torch.nn.functional.kl_div(kl_lp, kl_ref, log_target=True, reduction="sum")
         decay = delta.norm() / raw0.norm() ** 2
         loss = main + config.kl_factor * kl + config.weight_decay * decay
@@ -305,7 +307,7 @@ def compute_value(
     delta = delta.detach().float().cpu()
     if not torch.isfinite(delta).all():
         raise RuntimeError("the value optimisation diverged (non-finite δ); no weight was changed")
-    v_star = M.w_out(model, layer).cpu() @ k_star.float() + delta
+    v_star = sites.w_out(model, layer).cpu() @ k_star.float() + delta
     return v_star, delta, losses
 
 
@@ -328,11 +330,11 @@ def edit(
     Input is validated and everything is computed before the weight changes, so a failed edit
     leaves the model as it was.
     """
-    layer = M.default_layer(model) if layer is None else M.check_layer(model, layer)
+    layer = sites.default_layer(model) if layer is None else sites.check_layer(model, layer)
     _check_request(model, request, mode)  # before sampling prefixes or statistics
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    pre = M.prefixes(model, config.n_prefixes, config.prefix_tokens, config.seed)
+    pre = prompts.prefixes(model, config.n_prefixes, config.prefix_tokens, config.seed)
     _check_request(model, request, mode, pre)
     seconds["prefixes"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -352,8 +354,8 @@ def edit(
                                           mode=mode, config=config, u=(c_inv @ k_star.double()).float())
     seconds["value"] = time.perf_counter() - t
     t = time.perf_counter()
-    weight, transposed = M.down_proj(model, layer)
-    dW = rank_one_update(M.w_out(model, layer).cpu(), c_inv, k_star, v_star).float()
+    weight, transposed = sites.down_proj(model, layer)
+    dW = rank_one_update(sites.w_out(model, layer).cpu(), c_inv, k_star, v_star).float()
     if not torch.isfinite(dW).all():
         raise RuntimeError("the rank-one update is not finite; no weight was changed")
     d_stored = (dW.T if transposed else dW).contiguous().to(weight.device)
@@ -412,3 +414,7 @@ def as_request(**fields) -> Any:
 
 __all__ = ["EditHandle", "EditResult", "RomeConfig", "as_request", "compute_key", "compute_value",
            "edit", "edited", "erase", "rank_one_update"]
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device

@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from editing import _model as M
+from editing import prompts
 from editing.rome import check_context
+from steerlens.forward import final_hidden, logits_at, run_to
+from steerlens.tokens import encode
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -111,7 +113,7 @@ def embedding_std(model: "TransformerBridge", n: int = 2048, seed: int = 0) -> f
     seeded sample of the vocabulary (ROME: over subject tokens of its dataset)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, int(model.cfg.d_vocab), (min(n, int(model.cfg.d_vocab)), 1), generator=g)
-    emb = M.run_until(model, ids, torch.ones_like(ids), "hook_embed")
+    emb = run_to(model, ids, torch.ones_like(ids), "hook_embed")
     return float(emb.float().std())
 
 
@@ -148,9 +150,9 @@ def causal_trace(
     window = default_window(model) if window is None else int(window)
     if not 1 <= window <= n_layers:
         raise ValueError(f"window must be in 1..{n_layers}, got {window}")
-    row = M.encode(model, prompt)
+    row = encode(model, prompt)
     check_context(model, "prompt", len(row))
-    last = M.subject_last(model, prompt, subject)
+    last = prompts.subject_last(model, prompt, subject)
     from steerlens.tokens import token_span
 
     s0, s1 = token_span(model, prompt, subject, occurrence=0)
@@ -170,16 +172,16 @@ def causal_trace(
 
         return keep
 
-    hidden = M.final_hidden(model, ids, mask, [(n, keeper(n)) for n in names])
-    probs = M.logits_at(model, hidden[0, -1]).softmax(-1)
-    tgt = int(probs.argmax()) if target is None else M.encode_target(model, target, "target")[0]
+    hidden = final_hidden(model, ids, mask, [(n, keeper(n)) for n in names])
+    probs = logits_at(model, hidden[0, -1]).softmax(-1)
+    tgt = int(probs.argmax()) if target is None else prompts.encode_target(model, target, "target")[0]
     target_str = model.tokenizer.decode([tgt]) if target is None else target
     p_clean = float(probs[tgt])
 
     std = embedding_std(model, seed=seed)
     g = torch.Generator().manual_seed(seed)
     noise_t = (noise * std * torch.randn(samples, s1 - s0, int(model.cfg.d_model), generator=g))
-    dev = M.device_of(model)
+    dev = _device(model)
 
     def run(restore: list[tuple[int, list[str]]]) -> torch.Tensor:
         """One batch: each item restores ``names`` at token ``t``; × samples rows. Returns p per item."""
@@ -210,8 +212,8 @@ def causal_trace(
             return hook
 
         hooks = [("hook_embed", corrupt)] + [(n, restorer(n)) for n in per_name]
-        h = M.final_hidden(model, ids.expand(n_rows, -1), mask.expand(n_rows, -1), hooks)
-        p = M.logits_at(model, h[:, -1]).softmax(-1)[:, tgt].cpu()
+        h = final_hidden(model, ids.expand(n_rows, -1), mask.expand(n_rows, -1), hooks)
+        p = logits_at(model, h[:, -1]).softmax(-1)[:, tgt].cpu()
         return p.view(len(restore), samples).mean(1)
 
     p_corrupt = float(run([(0, [])])[0])
@@ -237,3 +239,7 @@ def causal_trace(
     tokens = tuple(model.tokenizer.decode([i]) for i in row)
     return CausalTrace(prompt, subject, target_str, tokens, (s0, s1), p_clean, p_corrupt, scores,
                        window, samples, std, seed)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device

@@ -48,9 +48,11 @@ def categorical(probs: Float[torch.Tensor, "n vocab"], generator: torch.Generato
 
 def next_tokens(logits: Float[torch.Tensor, "batch vocab"], *, do_sample: bool, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None,
-                generators: Sequence[torch.Generator | None] | None = None) -> Int[torch.Tensor, " batch"]:
-    """Greedy (argmax) or sampled next tokens; each sampled row draws from its own generator
-    (``None``: the global RNG)."""
+                generators: Sequence[torch.Generator | None] | torch.Generator | None = None,
+                ) -> Int[torch.Tensor, " batch"]:
+    """Greedy (argmax) or sampled next tokens. ``generators``: one per row (each row draws from its
+    own: the same tokens alone or in any batch), one ``torch.Generator`` for the whole batch, or
+    ``None`` (the global RNG)."""
     logits = logits.float()
     if not do_sample:
         return logits.argmax(-1)
@@ -64,7 +66,9 @@ def next_tokens(logits: Float[torch.Tensor, "batch vocab"], *, do_sample: bool, 
         drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     probs = logits.softmax(-1).cpu()
-    gens = list(generators) if generators is not None else [None] * len(probs)
+    if generators is None or isinstance(generators, torch.Generator):
+        return categorical(probs, generators)[:, 0].to(logits.device)
+    gens = list(generators)
     return torch.cat([categorical(probs[r : r + 1], gens[r]) for r in range(len(probs))])[:, 0].to(logits.device)
 
 
@@ -89,7 +93,7 @@ def generate_tokens(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generators: Sequence[torch.Generator | None] | None = None,
+    generators: Sequence[torch.Generator | None] | torch.Generator | None = None,
     stop_ids: set[int] | frozenset[int] = frozenset(),
     use_cache: bool = True,
 ) -> Int[torch.Tensor, "batch new"]:
@@ -105,7 +109,7 @@ def generate_tokens(
 
     check_length(model, int(ids.shape[1]), max_new_tokens)
     check_sampling(temperature, top_k, top_p)
-    if generators is not None and len(generators) != ids.shape[0]:
+    if generators is not None and not isinstance(generators, torch.Generator) and len(generators) != ids.shape[0]:
         raise ValueError(f"{len(generators)} generators for {ids.shape[0]} rows")
     hf = model.original_model
     device = next(model.parameters()).device

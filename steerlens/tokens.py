@@ -40,24 +40,41 @@ def tokenize(
     Raises ``ValueError`` for a prompt longer than the model's context.
     """
     prompts = check_prompts(prompts)
-    tok = model.tokenizer
-    ids = [tok(p)["input_ids"] for p in prompts]
+    ids = [encode(model, p) for p in prompts]
     n_ctx = context_length(model)
     for i, row in enumerate(ids):
         if len(row) > n_ctx:
             raise ValueError(
                 f"prompts[{i}] is {len(row)} tokens, longer than the model's context of {n_ctx}"
             )
-    lengths = torch.tensor([len(r) for r in ids])
-    width = int(lengths.max())
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, row in enumerate(ids):
-        sl = slice(0, len(row)) if padding_side == "right" else slice(width - len(row), width)
-        input_ids[i, sl] = torch.tensor(row)
+    input_ids, mask = pad(ids, pad_id(model), side=padding_side)
+    return input_ids, mask, mask.sum(-1)
+
+
+def encode(model: "TransformerBridge", text: str) -> list[int]:
+    """Token ids of ``text`` as ``tokenize`` makes them (BOS as the tokenizer is configured)."""
+    return list(model.tokenizer(text)["input_ids"])
+
+
+def pad_id(model: "TransformerBridge") -> int:
+    """The id padding columns get (the tokenizer's pad token, else EOS, else 0)."""
+    tok = model.tokenizer
+    return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+
+def pad(rows: Sequence[Sequence[int]], pad_id: int, *, side: str = "right") -> tuple[
+        Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
+    """Pad token rows on ``side`` (``"right"`` or ``"left"``): ``(input_ids, attention_mask)``."""
+    if side not in ("right", "left"):
+        raise ValueError(f"padding side must be 'right' or 'left', got {side!r}")
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        sl = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
+        input_ids[i, sl] = torch.tensor(list(row), dtype=torch.long)
         mask[i, sl] = 1
-    return input_ids, mask, lengths
+    return input_ids, mask
 
 
 def token_span(model: "TransformerBridge", prompt: str, substring: str, *, occurrence: int = -1) -> tuple[int, int]:

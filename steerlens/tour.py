@@ -38,7 +38,7 @@ def run_tour(
     Writes ``out/index.html`` and ``out/tour.json``; returns the HTML path."""
     import probes
     import steer
-    from editing import _model as M
+    from editing import sites
     from editing.covariance import key_statistics
     from editing.evaluation import evaluate_edits
     from editing.tracing import causal_trace
@@ -52,7 +52,7 @@ def run_tour(
         raise ValueError(f"n_facts must be >= 1, got {n_facts}")
     n_layers = int(model.cfg.n_layers)
     steer_layer = n_layers // 3 if steer_layer is None else steer_layer
-    edit_layer = M.default_layer(model) if edit_layer is None else M.check_layer(model, edit_layer)
+    edit_layer = sites.default_layer(model) if edit_layer is None else sites.check_layer(model, edit_layer)
     seconds: dict[str, float] = {}
     figs: dict[str, list] = {}
     summary: dict[str, Any] = {"model": {"name": model_name(model), "fingerprint": fingerprint(model),

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from editing import _model as M
+from editing import sites
 from editing.covariance import key_statistics
 from editing.evaluation import evaluate, evaluate_edits, n_gram_entropy
 from editing.experiment import run_experiment
@@ -13,6 +13,7 @@ from editing.report import write_report
 from editing.rome import RomeConfig, as_request
 from editing.tracing import causal_trace
 from steerlens.hooks import count_hooks
+from steerlens.tokens import encode
 
 FAST = RomeConfig(n_prefixes=3, prefix_tokens=4, n_value_prefixes=2, steps=4, n_tokens=400)
 CORPUS = ["the quick brown fox jumps over the lazy dog", "a stitch in time saves nine stitches",
@@ -31,7 +32,7 @@ def test_causal_trace_shapes_determinism_and_full_restoration(tiny, tmp_path):
     a = causal_trace(tiny, "Bob lives in the city of", "Bob", samples=3, seed=1, progress=False)
     b = causal_trace(tiny, "Bob lives in the city of", "Bob", samples=3, seed=1, progress=False)
     assert count_hooks(tiny) == hooks
-    T = len(M.encode(tiny, "Bob lives in the city of"))
+    T = len(encode(tiny, "Bob lives in the city of"))
     assert set(a.scores) == {"resid", "mlp", "attn"}
     assert all(v.shape == (T, 3) for v in a.scores.values())
     assert all(torch.equal(a.scores[k], b.scores[k]) for k in a.scores)
@@ -74,12 +75,12 @@ def test_evaluation_prompt_longer_than_the_context(tiny, change, match):
     import dataclasses
 
     reqs = [REQS[0], dataclasses.replace(REQS[1], **change)]
-    saved = M.down_proj(tiny, 1)[0].detach().clone()
+    saved = sites.down_proj(tiny, 1)[0].detach().clone()
     with pytest.raises(ValueError, match=match + ".* context of 256"):
         evaluate_edits(tiny, reqs, layer=1, stats=object(), config=FAST, fluency_tokens=32, progress=False)
     with pytest.raises(ValueError, match=match):
         evaluate(tiny, reqs, fluency_tokens=32)
-    assert torch.equal(M.down_proj(tiny, 1)[0], saved)
+    assert torch.equal(sites.down_proj(tiny, 1)[0], saved)
     with pytest.raises(ValueError, match=r"neutral_texts\[1\] is 301 tokens"):
         evaluate(tiny, REQS, neutral_texts=["fine", "n" * 300], fluency_tokens=0)
 
@@ -107,13 +108,13 @@ def test_evaluate_unedited(tiny):
 @pytest.mark.parametrize("mode, stacked", [("rewrite", False), ("rewrite", True), ("erase", False)])
 def test_evaluate_edits_restores_weights_and_reports(tiny, tmp_path, mode, stacked):
     stats = key_statistics(tiny, 1, corpus=CORPUS, n_tokens=400, cache=False, progress=False)
-    saved = [M.down_proj(tiny, L)[0].detach().clone() for L in range(3)]
+    saved = [sites.down_proj(tiny, L)[0].detach().clone() for L in range(3)]
     hooks = count_hooks(tiny)
     rep = evaluate_edits(tiny, REQS, mode=mode, stacked=stacked, layer=1, stats=stats, config=FAST,
                          fluency_tokens=8, fluency_samples=1, progress=False)
-    same = [torch.equal(M.down_proj(tiny, L)[0], saved[L]) for L in range(3)]
+    same = [torch.equal(sites.down_proj(tiny, L)[0], saved[L]) for L in range(3)]
     if stacked:
-        assert (M.down_proj(tiny, 1)[0] - saved[1]).abs().max() <= 1e-6
+        assert (sites.down_proj(tiny, 1)[0] - saved[1]).abs().max() <= 1e-6
     else:
         assert all(same)
     assert count_hooks(tiny) == hooks

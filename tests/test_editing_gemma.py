@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from editing import _model as M
+from editing import sites
 from editing.covariance import key_statistics, shipped_corpus
 from editing.evaluation import evaluate_edits
 from editing.rome import RomeConfig, edit
@@ -17,7 +17,7 @@ from steerlens.hooks import count_hooks
 
 pytestmark = pytest.mark.gemma
 
-LAYER = 2  # editing._model.MEASURED_LAYERS; see benchmarks/README.md (## editing, Layer choice)
+LAYER = 2  # editing.sites.MEASURED_LAYERS; see benchmarks/README.md (## editing, Layer choice)
 N_FACTS = 10
 CONFIG = RomeConfig()
 
@@ -45,7 +45,7 @@ def facts():
 
 
 def _weights(model):
-    return [M.down_proj(model, L)[0].detach().clone() for L in range(model.cfg.n_layers)]
+    return [sites.down_proj(model, L)[0].detach().clone() for L in range(model.cfg.n_layers)]
 
 
 def _report(rep, tmp_path, name):
@@ -89,15 +89,15 @@ def test_erase_acceptance(gemma, gemma_stats, facts, tmp_path):
 
 
 def test_default_layer_is_the_measured_one(gemma, tiny):
-    assert M.default_layer(gemma) == LAYER
-    assert M.default_layer(tiny) == 1  # not measured: a quarter of the way up 3 blocks
+    assert sites.default_layer(gemma) == LAYER
+    assert sites.default_layer(tiny) == 1  # not measured: a quarter of the way up 3 blocks
 
 
 def test_stacked_edits_revert_out_of_order(gemma, gemma_stats, facts):
     saved = _weights(gemma)
     cfg = RomeConfig(steps=6)  # the weights' bookkeeping is under test, not the edit's quality
     handles = [edit(gemma, r, layer=LAYER, stats=gemma_stats, config=cfg, progress=False) for r in facts[:3]]
-    W = M.down_proj(gemma, LAYER)[0]
+    W = sites.down_proj(gemma, LAYER)[0]
     assert not torch.equal(W, saved[LAYER])
     for i in (1, 0, 2):
         handles[i].revert()

@@ -6,10 +6,13 @@ import pytest
 import torch
 
 import steerlens
-from editing import _model as M
-from editing.covariance import CovarianceFitter, KeyStatistics, _MEMO, cache_path, corpus_hash, key_statistics
+from editing import prompts, sites
+from editing.covariance import _MEMO, CovarianceFitter, KeyStatistics, cache_path, corpus_hash, key_statistics
 from editing.rome import RomeConfig, as_request, compute_key, edit, edited, rank_one_update
+from steerlens.forward import logits_at, run_to
+from steerlens.generation import categorical
 from steerlens.hooks import count_hooks
+from steerlens.tokens import encode
 
 FAST = RomeConfig(n_prefixes=3, prefix_tokens=4, n_value_prefixes=2, steps=4, n_tokens=400)
 CORPUS = ["the quick brown fox jumps over the lazy dog", "a stitch in time saves nine stitches",
@@ -48,11 +51,11 @@ def tiny_stats(tiny):
 
 
 def _weights(model):
-    return [M.down_proj(model, L)[0].detach().clone() for L in range(model.cfg.n_layers)]
+    return [sites.down_proj(model, L)[0].detach().clone() for L in range(model.cfg.n_layers)]
 
 
 def _same(model, saved):
-    return all(torch.equal(M.down_proj(model, L)[0], w) for L, w in enumerate(saved))
+    return all(torch.equal(sites.down_proj(model, L)[0], w) for L, w in enumerate(saved))
 
 
 # --- math -----------------------------------------------------------------------------------
@@ -120,8 +123,8 @@ def test_key_statistics_cache_round_trip(tiny, tmp_path, monkeypatch):
     assert torch.equal(again.mom2, stats.mom2) and torch.equal(again.mean, stats.mean) and again.n == stats.n
     # the statistics are those of the keys: compare with a direct capture
     other = key_statistics(tiny, 1, corpus=CORPUS[:1], n_tokens=10_000, cache=False, progress=False)
-    ids = torch.tensor([M.encode(tiny, CORPUS[0])])
-    k = M.run_until(tiny, ids, torch.ones_like(ids), M.key_hook(1))[0, 1:].double()
+    ids = torch.tensor([encode(tiny, CORPUS[0])])
+    k = run_to(tiny, ids, torch.ones_like(ids), sites.key_hook(1))[0, 1:].double()
     torch.testing.assert_close(other.mom2, k.T @ k / k.shape[0], atol=1e-8, rtol=1e-6)
     # another corpus, another key
     assert corpus_hash(CORPUS[:2], 0) != corpus_hash(CORPUS, 0)
@@ -191,12 +194,13 @@ def test_key_statistics_default_corpus_is_model_sampled_and_seeded(tiny, monkeyp
     """corpus=None (the default) samples text from the model itself: deterministic by seed, and it
     samples only as many rows as the budget needs."""
     import editing.covariance as cov
+    from editing.prompts import sample
 
     asked = []
 
-    def spy(model, prompts, *, n, **kw):
+    def spy(model, texts, *, n, **kw):
         asked.append(n)
-        return M.sample(model, prompts, n=n, **kw)
+        return sample(model, texts, n=n, **kw)
 
     monkeypatch.setattr(cov, "sample", spy)
     a = key_statistics(tiny, 1, n_tokens=300, seed=0, chunk_tokens=32, cache=False, progress=False)
@@ -216,7 +220,7 @@ def test_categorical_draws_from_the_distribution(V, block):
     logits[V // 3] = float("-inf")
     probs = logits.softmax(-1)
     n = 200_000
-    draws = M.categorical(probs.expand(n, V), gen, block=block).flatten()
+    draws = categorical(probs.expand(n, V), gen, block=block).flatten()
     assert draws.min() >= 0 and draws.max() < V
     counts = torch.bincount(draws, minlength=V).double()
     assert counts[V // 3] == 0
@@ -264,17 +268,17 @@ def test_edit_hits_v_star_and_reverts_bit_exactly(which, request):
     assert count_hooks(model) == hooks
     assert not _same(model, saved)
     # the edited down-projection maps k* to v* (float32 weights)
-    W = M.w_out(model, 1)
+    W = sites.w_out(model, 1)
     torch.testing.assert_close(W @ h.result.k_star, h.result.v_star, atol=1e-4, rtol=1e-4)
     # and the delta lands on the raw MLP output at the subject's last token of the plain prompt
-    ids = torch.tensor([M.encode(model, REQ.prompt)])
-    out = M.run_until(model, ids, torch.ones_like(ids), M.out_hook(1))[0, M.subject_last(model, REQ.prompt, REQ.subject)]
+    ids = torch.tensor([encode(model, REQ.prompt)])
+    out = run_to(model, ids, torch.ones_like(ids), sites.out_hook(1))[0, prompts.subject_last(model, REQ.prompt, REQ.subject)]
     k0 = compute_key(model, 1, REQ.prompt, REQ.subject, [])
     bias = model.blocks[1].mlp.out.original_component.bias
     expected = W @ k0 + (0 if bias is None else bias.float())
     torch.testing.assert_close(out.float(), expected, atol=1e-4, rtol=1e-4)
     # only the edited layer changed
-    assert all(torch.equal(M.down_proj(model, L)[0], saved[L]) for L in range(model.cfg.n_layers) if L != 1)
+    assert all(torch.equal(sites.down_proj(model, L)[0], saved[L]) for L in range(model.cfg.n_layers) if L != 1)
     h.revert()
     assert _same(model, saved)
     with pytest.raises(ValueError, match="already reverted"):
@@ -289,7 +293,7 @@ def test_stacked_edits_revert_out_of_order(tiny, tiny_stats):
     handles = [edit(tiny, r, layer=1, stats=tiny_stats, config=FAST, progress=False) for r in reqs]
     for i in (0, 2, 1):
         handles[i].revert()
-    W = M.down_proj(tiny, 1)[0]
+    W = sites.down_proj(tiny, 1)[0]
     assert (W - saved[1]).abs().max() <= 1e-6
     W.data.copy_(saved[1])
     # reverting the last edit applied is bit-exact
@@ -306,7 +310,7 @@ def test_revert_refuses_when_the_update_is_gone(tiny, tiny_stats):
     """Weights restored another way (copied back, or a stacked edit reverted twice): reverting would
     subtract ΔW from clean weights, so it is refused and nothing changes; other edits still revert."""
     saved = _weights(tiny)
-    W = M.down_proj(tiny, 1)[0]
+    W = sites.down_proj(tiny, 1)[0]
     a = edit(tiny, REQ, layer=1, stats=tiny_stats, config=FAST, progress=False)
     W.data.copy_(saved[1])  # the user restores the original weights
     with pytest.raises(ValueError, match="no longer in the layer 1 down-projection"):
@@ -374,7 +378,7 @@ def test_failure_during_value_leaves_weights(tiny, tiny_stats, monkeypatch):
     saved = _weights(tiny)
     hooks = count_hooks(tiny)
     calls = {"n": 0}
-    real = M.logits_at
+    real = logits_at
 
     def flaky(model, hidden):
         calls["n"] += 1
@@ -382,7 +386,7 @@ def test_failure_during_value_leaves_weights(tiny, tiny_stats, monkeypatch):
             raise RuntimeError("interrupted")
         return real(model, hidden)
 
-    monkeypatch.setattr(rome.M, "logits_at", flaky)
+    monkeypatch.setattr(rome, "logits_at", flaky)
     with pytest.raises(RuntimeError, match="interrupted"):
         edit(tiny, REQ, layer=1, stats=tiny_stats, config=FAST, progress=False)
     assert _same(tiny, saved)
@@ -400,7 +404,7 @@ def test_bf16_model_edit_runs_in_float32():
     stats = key_statistics(model, 1, corpus=CORPUS, n_tokens=400, cache=False, progress=False)
     saved = _weights(model)
     h = edit(model, REQ, layer=1, stats=stats, config=FAST, progress=False)
-    W = M.down_proj(model, 1)[0]
+    W = sites.down_proj(model, 1)[0]
     assert W.dtype == torch.bfloat16
     assert h.result.k_star.dtype == torch.float32 and h.result.v_star.dtype == torch.float32
     assert torch.isfinite(h.result.delta).all()

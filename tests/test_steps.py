@@ -199,7 +199,7 @@ def test_a_rome_edit_refuses_while_another_thread_steers(tiny):
                                  target_new=" Rome")
     stats = editing.key_statistics(tiny, 0, corpus=["Bob lives in Paris. Ann lives in Rome."] * 4, n_tokens=100,
                                    cache=False, progress=False)
-    before = editing.rome.M.w_out(tiny, 0)
+    before = editing.sites.w_out(tiny, 0)
     t = threading.Thread(target=steered)
     t.start()
     assert entered.wait(30)
@@ -210,5 +210,5 @@ def test_a_rome_edit_refuses_while_another_thread_steers(tiny):
     finally:
         done.set()
         t.join(30)
-    assert torch.equal(editing.rome.M.w_out(tiny, 0), before)  # nothing was changed
+    assert torch.equal(editing.sites.w_out(tiny, 0), before)  # nothing was changed
     assert no_hooks_left(tiny)

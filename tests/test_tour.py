@@ -7,14 +7,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from editing import _model as M
+from editing import sites
 from steerlens.hooks import count_hooks
 from steerlens.models import cache_dir
 from steerlens.tour import run_tour
 
 
 def test_tour_writes_one_report_and_leaves_the_model_as_it_was(tiny, tmp_path):
-    weights = [M.down_proj(tiny, L)[0].detach().clone() for L in range(tiny.cfg.n_layers)]
+    weights = [sites.down_proj(tiny, L)[0].detach().clone() for L in range(tiny.cfg.n_layers)]
     hooks = count_hooks(tiny)
     path = run_tour(tiny, tmp_path / "tour", n_facts=2, n_tokens=2_000, new_tokens=6, progress=False)
     summary = json.loads((tmp_path / "tour" / "tour.json").read_text())
@@ -26,7 +26,7 @@ def test_tour_writes_one_report_and_leaves_the_model_as_it_was(tiny, tmp_path):
         assert section in page
     assert page.count("plotly.js v") == 1 and page.count('class="plotly-graph-div"') == 6  # 2 probe plots, 4 trace plots
     assert path == tmp_path / "tour" / "index.html" and "<h2>All numbers</h2>" in page
-    assert all(torch.equal(M.down_proj(tiny, L)[0], w) for L, w in enumerate(weights))  # edits reverted
+    assert all(torch.equal(sites.down_proj(tiny, L)[0], w) for L, w in enumerate(weights))  # edits reverted
     assert count_hooks(tiny) == hooks
 
 
