@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from steer.inject import Steering
-from steer.inputs import Coeff, Layers, Positions, Sites, VectorLike, check_positions, slice_rows
+from steer.inputs import Coeff, Layers, Positions, Sites, VectorLike, plan, slice_rows
 from steer.operators import Op
 
 if TYPE_CHECKING:
@@ -39,10 +39,12 @@ def generate(model: "TransformerBridge", prompts: str | Sequence[str], vector: V
     n = len(prompts)
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
         raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-        raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63 - len(prompts)):
+        raise ValueError(f"seed must be None or an int in [0, 2**63 - n_prompts), got {seed!r}")
     check_sampling(temperature, top_k, top_p)
-    check_positions(positions)
+    if vector is not None:  # check every argument once, for all rows, before any generation
+        plan(model, vector, coeff=coeff, layers=layers, op=op, positions=positions, sites=sites, force=force)
+        slice_rows(vector, coeff, positions, slice(0, n), n)
     size = batch_size or n
     stops = stop_ids(model) if stop_at_eos else set()
     out: list[list[int]] = []
@@ -51,10 +53,10 @@ def generate(model: "TransformerBridge", prompts: str | Sequence[str], vector: V
         ids, mask, lengths = tokenize(model, prompts[sl], padding_side="left")
         longest = int(lengths.argmax())
         check_length(model, int(lengths.max()), max_new_tokens, what=f"prompt {start + longest}")
-        if vector is None:
-            ctx: Any = nullcontext()
+        v, c, pos = slice_rows(vector, coeff, positions, sl, n) if vector is not None else (None, None, None)
+        if v is None or (isinstance(v, list) and all(r is None for r in v)):
+            ctx: Any = nullcontext()  # no row of this batch is steered
         else:
-            v, c, pos = slice_rows(vector, coeff, positions, sl, n)
             ctx = Steering(model, v, coeff=c, layers=layers, op=op, positions=pos, sites=sites, force=force)
         gens = None
         if do_sample and seed is not None:

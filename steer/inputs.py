@@ -199,9 +199,7 @@ def _dict_rows(model, vector: Mapping, d_model: int) -> list[dict[int, torch.Ten
         layer = int(key) % n_layers
         if layer in out:
             raise ValueError(f"vector names layer {layer} twice (as {key} and {layer - n_layers if key >= 0 else layer})")
-        if isinstance(v, (str, bytes)):
-            raise TypeError(f"the direction at layer {key} is a {type(v).__name__}, expected a tensor")
-        v = torch.as_tensor(v).detach().float().cpu()
+        v = as_direction(v, f"the direction at layer {key}")
         if v.ndim not in (1, 2) or v.shape[-1] != d_model:
             raise ValueError(f"the tensor at layer {key} has shape {tuple(v.shape)}; expected "
                              f"[{d_model}] or [batch, {d_model}] (the model's d_model is {d_model})")
@@ -217,6 +215,19 @@ def _dict_rows(model, vector: Mapping, d_model: int) -> list[dict[int, torch.Ten
     if rows is None:
         return [out]
     return [{layer: (v[r] if v.ndim == 2 else v) for layer, v in out.items()} for r in range(rows)]
+
+
+def as_direction(v: Any, what: str) -> torch.Tensor:
+    """A float32 CPU tensor from a tensor, array or list of numbers; anything else is a TypeError."""
+    if isinstance(v, (str, bytes)) or v is None:
+        raise TypeError(f"{what} is a {type(v).__name__}, expected a tensor")
+    try:
+        t = torch.as_tensor(v)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise TypeError(f"{what} is a {type(v).__name__} that is not a tensor of numbers") from None
+    if not (t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise TypeError(f"{what} has dtype {t.dtype}, expected real numbers")
+    return t.detach().to("cpu", torch.float32)
 
 
 def row_layers(model, rows: list[dict[int, torch.Tensor] | None], layers: Layers) -> tuple[list[int], list[dict[int, torch.Tensor] | None]]:
@@ -271,23 +282,29 @@ def check_coeff(coeff: Coeff, vector: Any, op: str, n_rows: int) -> float | torc
             raise ValueError(f"coeff must be a number or one per row, got a tensor of shape {tuple(coeff.shape)}")
         coeff = coeff.tolist()
     if _is_real(coeff):
-        c = float(coeff)
-        if not math.isfinite(c):
-            raise ValueError(f"coeff must be finite, got {coeff!r}")
-        return c
+        return _finite(coeff, "coeff")
     if isinstance(coeff, (str, bytes)) or not isinstance(coeff, Sequence):
         raise TypeError(f"coeff must be a number or a list of numbers (one per row), got {coeff!r}")
     vals = list(coeff)
     for i, c in enumerate(vals):
         if not _is_real(c):
             raise TypeError(f"coeff[{i}] must be a number, got {c!r}")
-        if not math.isfinite(float(c)):
-            raise ValueError(f"coeff[{i}] must be finite, got {c!r}")
+    vals = [_finite(c, f"coeff[{i}]") for i, c in enumerate(vals)]
     if not vals:
         raise ValueError("coeff is an empty list")
     if n_rows > 1 and len(vals) != n_rows:
         raise ValueError(f"coeff has {len(vals)} values for {n_rows} per-row vectors")
-    return torch.tensor([float(c) for c in vals])
+    return torch.tensor(vals)
+
+
+def _finite(c: numbers.Real, name: str) -> float:
+    try:
+        f = float(c)
+    except OverflowError:  # an int beyond float range
+        raise ValueError(f"{name} (an integer of {len(str(abs(int(c))))} digits) is too large: it overflows a float") from None
+    if not math.isfinite(f):
+        raise ValueError(f"{name} must be finite, got {c!r}")
+    return f
 
 
 def _check_shift(dirs: dict[int, torch.Tensor], coeff: float | torch.Tensor, op: str) -> None:
@@ -308,10 +325,11 @@ def slice_rows(vector: VectorLike, coeff: Coeff, positions: Positions, sl: slice
             raise ValueError(f"vector has {len(vector)} per-row vectors for {n} prompts")
         vector = list(vector)[sl]
     elif isinstance(vector, Mapping):
+        vector = {k: as_direction(v, f"the direction at layer {k}") for k, v in vector.items()}
         for v in vector.values():
-            if isinstance(v, (torch.Tensor, Sequence)) and torch.as_tensor(v).ndim == 2 and len(v) != n:
+            if v.ndim == 2 and len(v) != n:
                 raise ValueError(f"vector has per-row tensors of {len(v)} rows for {n} prompts")
-        vector = {k: (v[sl] if torch.as_tensor(v).ndim == 2 else v) for k, v in vector.items()}
+        vector = {k: (v[sl] if v.ndim == 2 else v) for k, v in vector.items()}
     if isinstance(coeff, torch.Tensor):
         coeff = coeff.tolist()
     if isinstance(coeff, Sequence) and not isinstance(coeff, (str, bytes)):

@@ -65,8 +65,13 @@ class SteeringVector:
                 raise ValueError(f"layer {layer} has width {v.numel()}, other layers {width}")
             width = v.numel()
             clean[layer] = v
-        if self.coeff is not None and not math.isfinite(self.coeff):
-            raise ValueError(f"coeff must be finite, got {self.coeff}")
+        if self.coeff is not None:
+            try:
+                finite = math.isfinite(self.coeff)
+            except (OverflowError, TypeError):
+                finite = False
+            if not finite:
+                raise ValueError(f"coeff must be finite, got {self.coeff!r}")
         object.__setattr__(self, "directions", clean)
         object.__setattr__(self, "info", dict(self.info))
 

@@ -143,18 +143,21 @@ def _read_manifest(path: Path) -> dict:
         m = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to be a manifest") from None
     if not isinstance(m, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(m).__name__}")
     return m
 
 
 def _is_count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62
 
 
 _FIELDS = {  # manifest key -> (check, what it must be)
     "hooks": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
-    "shards": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "shards": (lambda v: isinstance(v, list) and v and all(isinstance(x, str) for x in v),
+               "a non-empty list of strings"),
     "lengths": (lambda v: isinstance(v, list) and all(_is_count(x) for x in v), "a list of non-negative ints"),
     "rows": (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "a list of objects"),
     "pool": (lambda v: isinstance(v, str), "a string"),
@@ -210,6 +213,10 @@ class _ShardedTensors(Mapping):
             raise KeyError(hook)
         if hook not in self._cache:
             parts = [self._read(shard, hook) for shard in self._shards]
+            for shard, p in zip(self._shards, parts):
+                if p.ndim != 2 or p.shape[1:] != parts[0].shape[1:]:
+                    raise ValueError(f"shard {shard}: hook {hook!r} has shape {tuple(p.shape)}, expected "
+                                     f"[rows, {parts[0].shape[-1] if parts[0].ndim else '?'}] like the first shard")
             got = sum(p.shape[0] for p in parts)
             if got != self._n:
                 raise ValueError(

@@ -51,6 +51,8 @@ def capture(
     an activations directory and ``overwrite=True``; nothing else is ever replaced.
     """
     prompts = check_prompts(prompts)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype (e.g. torch.float32), got {dtype!r}")
     names = resolve_hooks(model, hooks, layers)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -257,6 +257,8 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             meta[k] = json.loads(v)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: metadata {k!r} is not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: metadata {k!r} is JSON nested too deeply") from None
     return tensors, meta
 
 

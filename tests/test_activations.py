@@ -133,7 +133,7 @@ def test_load_refuses_shards_outside_the_directory(tmp_path, shard):
     "changes, match",
     [
         (dict(hooks="blocks.0.hook_resid_post"), "'hooks' must be a list of strings"),
-        (dict(shards=[1]), "'shards' must be a list of strings"),
+        (dict(shards=[1]), "'shards' must be a non-empty list of strings"),
         (dict(lengths=[1, -1, 1]), "'lengths' must be a list of non-negative ints"),
         (dict(lengths=[1, 1.5, 1]), "'lengths' must be a list of non-negative ints"),
         (dict(rows=["a", "b", "c"]), "'rows' must be a list of objects"),
