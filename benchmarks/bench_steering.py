@@ -3,7 +3,7 @@
 
     python benchmarks/bench_steering.py [--model gemma-3-270m] [--layer 6] [--new-tokens 32] [--rounds 3] [--overhead-rounds 10]
 
-Runs are interleaved (unsteered, steered, unsteered, ...) and the median of ``--rounds`` is
+Runs are interleaved in ABBA order (unsteered, steered, steered, unsteered, ...) and the median of ``--rounds`` is
 reported (``--overhead-rounds`` for the steered/unsteered ratio: single runs scatter ±5%, so a
 few rounds cannot resolve a 3% target), so background load hits both sides alike. Target: steered/unsteered >= 0.97.
 """
@@ -60,9 +60,11 @@ def main() -> None:
     for label, prompts in (("single", list(NEUTRAL_OPENINGS[:1])), ("batch8", list(NEUTRAL_OPENINGS[:8]))):
         steer.generate(model, prompts, vec, coeff=coeff, max_new_tokens=2)  # warm-up
         plain, steered = [], []
-        for _ in range(args.overhead_rounds):
-            plain.append(timed(lambda: steer.generate(model, prompts, None, **kw)))
-            steered.append(timed(lambda: steer.generate(model, prompts, vec, coeff=coeff, **kw)))
+        for r in range(args.overhead_rounds):  # ABBA order: neither side always runs second
+            first, second = (plain, steered) if r % 2 == 0 else (steered, plain)
+            for times in (first, second):
+                v = None if times is plain else vec
+                times.append(timed(lambda: steer.generate(model, prompts, v, coeff=coeff if v else None, **kw)))
         n_tok = len(prompts) * args.new_tokens
         p, s = statistics.median(plain), statistics.median(steered)
         out[f"{label}_unsteered_tok_s"] = round(n_tok / p, 2)
@@ -83,6 +85,15 @@ def main() -> None:
     out["per_row_batch8_s"] = round(b, 2)
     out["sequential8_s"] = round(q, 2)
     out["per_row_speedup"] = round(q / b, 2)
+    # the ceiling on this machine: what batching 8 prompts buys unsteered (same run), and why: the
+    # cost of one decode step's unembedding matmul for 1 and 8 rows
+    out["plain_batch8_speedup"] = round(out["batch8_unsteered_tok_s"] / out["single_unsteered_tok_s"], 2)
+    W = model.original_model.get_output_embeddings().weight.detach()
+    for rows in (1, 8):
+        x = torch.randn(rows, W.shape[1], dtype=W.dtype, device=W.device)
+        torch.nn.functional.linear(x, W)
+        out[f"unembed_matmul_{rows}_rows_s"] = round(statistics.median(
+            timed(lambda: torch.nn.functional.linear(x, W)) for _ in range(10)), 3)
     print(json.dumps(out, indent=1))
 
 

@@ -11,14 +11,14 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 __all__ = [
-    "GeneralizationResult", "LDAProbe", "LogisticProbe", "MeanDiffProbe", "ProbeMonitor", "SweepResult",
+    "GeneralizationResult", "LDAProbe", "LayerSweep", "LogisticProbe", "MeanDiffProbe", "ProbeMonitor",
     "generalization_matrix", "grouped_split", "labelled_rows", "load_probe", "save_probe", "sweep_layers",
     "write_report",
 ]
 
 _LAZY = {
     "LogisticProbe": "probes.estimators", "MeanDiffProbe": "probes.estimators", "LDAProbe": "probes.estimators",
-    "SweepResult": "probes.sweep", "sweep_layers": "probes.sweep",
+    "LayerSweep": "probes.sweep", "sweep_layers": "probes.sweep",
     "GeneralizationResult": "probes.generalize", "generalization_matrix": "probes.generalize",
     "ProbeMonitor": "probes.monitor", "grouped_split": "probes.splits", "labelled_rows": "probes.datasets",
     "load_probe": "probes.io", "save_probe": "probes.io", "write_report": "probes.report",
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from probes.monitor import ProbeMonitor
     from probes.report import write_report
     from probes.splits import grouped_split
-    from probes.sweep import SweepResult, sweep_layers
+    from probes.sweep import LayerSweep, sweep_layers
 
 
 def __getattr__(name: str):

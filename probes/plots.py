@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from probes.estimators import _LinearProbe
     from probes.generalize import GeneralizationResult
-    from probes.sweep import SweepResult
+    from probes.sweep import LayerSweep
 
 _COLORS = {"logistic": "#1f77b4", "mean_diff": "#2ca02c", "lda": "#d62728"}
 _NAMES = {"logistic": "logistic", "mean_diff": "mass-mean", "lda": "LDA (shrunk)"}
@@ -25,7 +25,7 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def layer_curves(result: "SweepResult", metric: str = "auroc") -> "go.Figure":
+def layer_curves(result: "LayerSweep", metric: str = "auroc") -> "go.Figure":
     """Test ``metric`` by layer per method, with its bootstrap CI band (AUROC), the validation
     curve (dashed), each method's label-shuffle control (dotted) and the random-direction control."""
     import plotly.graph_objects as go
@@ -59,7 +59,7 @@ def layer_curves(result: "SweepResult", metric: str = "auroc") -> "go.Figure":
     return fig
 
 
-def score_histogram(result: "SweepResult", nbins: int = 30) -> "go.Figure":
+def score_histogram(result: "LayerSweep", nbins: int = 30) -> "go.Figure":
     """Test-split scores (log-odds) of the chosen probe, one histogram per class."""
     import plotly.graph_objects as go
 

@@ -11,11 +11,11 @@ import numpy as np
 
 if TYPE_CHECKING:
     from probes.generalize import GeneralizationResult
-    from probes.sweep import SweepResult
+    from probes.sweep import LayerSweep
 
 
 def write_report(
-    result: "SweepResult",
+    result: "LayerSweep",
     out: str | os.PathLike,
     *,
     generalization: "GeneralizationResult | None" = None,
@@ -61,7 +61,7 @@ def write_report(
     return page.write(out / "report.html", data=payload)
 
 
-def _summary(result: "SweepResult", gen) -> list[tuple[str, str]]:
+def _summary(result: "LayerSweep", gen) -> list[tuple[str, str]]:
     b = result.best
     t = b["test"]
     ci = t.get("auroc_ci", [float("nan")] * 2)

@@ -39,7 +39,7 @@ def method_name(probe: _LinearProbe) -> str:
 
 
 @dataclass(frozen=True)
-class SweepResult:
+class LayerSweep:
     """Per-(layer, method) metrics, controls and the validation-chosen best probe.
 
     ``records``: one dict per (layer, method) with ``val`` and ``test`` metrics (``auroc``,
@@ -124,7 +124,7 @@ def sweep_layers(
     dataset_hash: str | None = None,
     threads: int | None = 1,
     progress: bool = False,
-) -> SweepResult:
+) -> LayerSweep:
     """Sweep ``methods`` over every captured layer of ``hook``.
 
     ``acts``: a ``steerlens.Activations`` (pooled, one row per example) or a mapping
@@ -175,7 +175,7 @@ def sweep_layers(
     }
     info = {**info, "n": n, "dataset": dataset, "dataset_hash": data_hash, "n_boot": n_boot,
             "n_shuffle": n_shuffle, "n_random": n_random, "fractions": list(fractions)}
-    return SweepResult(
+    return LayerSweep(
         hook=hook, layers=tuple(by_layer), methods=tuple(methods), records=tuple(records), best=best,
         probe=probe, split={"train": tr, "val": va, "test": te},
         test_scores=probe.decision_function(mats[best_rec["layer"]][te]), test_labels=y[te], classes=tuple(classes),

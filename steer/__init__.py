@@ -7,7 +7,7 @@ LEACE concept erasers fitted on captured activations and applied the same way.
     with steer.apply(model, v, coeff=v.coeff, positions="all"):
         model.generate(...)
     steer.generate(model, prompts, [v1, v2, None], coeff=[4, 2, 0])   # one vector per row
-    with steer.apply(model, steer.fit_eraser(acts, layers=[6]), op="erase"): ...   # LEACE erasure
+    with steer.apply(model, steer.fit_eraser(acts, layers=[6]), op="leace"): ...   # LEACE erasure
     steer.export_gguf(v, "v.gguf")
 """
 
@@ -20,20 +20,20 @@ __all__ = [
 ]
 
 _LAZY = {
-    "SteeringVector": "steer.vector", "ConceptEraser": "steer.erase", "fit_eraser": "steer.erase",
-    "actadd": "steer.extract", "compute": "steer.extract", "from_probe": "steer.extract",
-    "mean_diff": "steer.extract", "pca": "steer.extract",
-    "apply": "steer.inject", "generate": "steer.generation",
+    "SteeringVector": "steer.vector", "ConceptEraser": "steer.leace", "fit_eraser": "steer.leace",
+    "actadd": "steer.computing", "compute": "steer.computing", "from_probe": "steer.computing",
+    "mean_diff": "steer.computing", "pca": "steer.computing",
+    "apply": "steer.steering", "generate": "steer.generation",
     "calibrate": "steer.evaluate", "sweep": "steer.evaluate",
     "export_gguf": "steer.gguf_io", "import_gguf": "steer.gguf_io",
     "write_report": "steer.report",
 }
 
 if TYPE_CHECKING:
-    from steer.erase import ConceptEraser, fit_eraser
+    from steer.leace import ConceptEraser, fit_eraser
     from steer.generation import generate
-    from steer.inject import apply
-    from steer.extract import actadd, compute, from_probe, mean_diff, pca
+    from steer.steering import apply
+    from steer.computing import actadd, compute, from_probe, mean_diff, pca
     from steer.evaluate import calibrate, sweep
     from steer.gguf_io import export_gguf, import_gguf
     from steer.report import write_report

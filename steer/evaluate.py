@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from steer.generation import generate
-from steer.inject import Steering
+from steer.steering import Steering
 from steer.inputs import Positions, Site
 from steer.operators import Op
 from steer.vector import SteeringVector
@@ -103,7 +103,7 @@ class SweepPoint:
 
 
 @dataclass(frozen=True)
-class SweepResult:
+class SteeringSweep:
     points: tuple[SweepPoint, ...]
     control: tuple[SweepPoint, ...]
     baseline_ppl: float
@@ -186,7 +186,7 @@ def sweep(model: "TransformerBridge", vector: SteeringVector, coeffs: Sequence[f
           neutral: Sequence[str] = NEUTRAL_TEXTS, layers=None, op: Op = "add", positions: Positions = "all",
           sites: Site | Sequence[Site] | None = None, control: bool = True, max_new_tokens: int = 20,
           do_sample: bool = False, seed: int = 0, batch_size: int = 8, force: bool = False,
-          progress: bool = True) -> SweepResult:
+          progress: bool = True) -> SteeringSweep:
     """For each coefficient: behaviour score (mean over ``prompts``), KL and perplexity on
     ``neutral`` text, and the generations. ``control=True`` repeats it with a random vector of the
     same norm per layer (``vector.random_like(seed)``)."""
@@ -222,7 +222,7 @@ def sweep(model: "TransformerBridge", vector: SteeringVector, coeffs: Sequence[f
             "positions": positions if isinstance(positions, str) else list(positions),
             "layers": layers if layers is not None else vector.layers, "max_new_tokens": max_new_tokens,
             "do_sample": do_sample, "seed": seed, "neutral_texts": list(neutral)}
-    return SweepResult(tuple(out["vector"]), tuple(out.get("control", ())), base.ppl,
+    return SteeringSweep(tuple(out["vector"]), tuple(out.get("control", ())), base.ppl,
                        _behaviour_name(behaviour), tuple(prompts), meta)
 
 

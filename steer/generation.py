@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from steer.inject import Steering
+from steer.steering import Steering
 from steer.inputs import Coeff, Layers, Positions, Sites, VectorLike, plan, slice_rows
 from steer.operators import Op
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args
 
 import torch
 
-from steer.erase import ConceptEraser
+from steer.leace import ConceptEraser
 from steer.operators import OPS, Op
 from steer.vector import SteeringVector
 from steerlens.hooks import hook_kind, resolve_layers
@@ -29,7 +30,7 @@ SITES: tuple[str, ...] = get_args(Site)
 #: after its attention and MLP)
 ABLATION_SITES: tuple[str, ...] = ("resid_pre", "attn_out", "mlp_out")
 #: a SteeringVector, one per batch row (``None``: that row is not steered),
-#: ``{layer: tensor[d] | tensor[batch, d]}``, or (with ``op="erase"``) a ConceptEraser
+#: ``{layer: tensor[d] | tensor[batch, d]}``, or (with ``op="leace"``) a ConceptEraser
 VectorLike = Union[SteeringVector, Sequence[Union[SteeringVector, None]], Mapping[int, torch.Tensor], ConceptEraser]
 Coeff = Union[float, Sequence[float], torch.Tensor, None]
 Layers = Union[int, Sequence[int], Literal["all"], None]
@@ -57,10 +58,13 @@ class Plan:
 def plan(model: "TransformerBridge", vector: VectorLike, *, coeff: Coeff = None, layers: Layers = None,
          op: Op = "add", positions: Positions = "all", sites: Sites = None, force: bool = False) -> Plan:
     """Check every steering argument against ``model`` and convert it (see ``steer.apply``)."""
+    if op == "erase":  # the name until 0.1: "erase" now means ROME's fact erasure only (editing.erase)
+        warnings.warn("op='erase' is now op='leace' (LEACE concept erasure)", FutureWarning, stacklevel=3)
+        op = "leace"
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
     pos = check_positions(positions)
-    if op == "erase":
+    if op == "leace":
         eraser = check_eraser(model, vector, coeff, force)
         site = hook_kind(eraser.hook)
         chosen = check_sites(sites, default=site)
@@ -148,9 +152,9 @@ def _is_real(c: Any) -> bool:
 
 def check_eraser(model, eraser: Any, coeff: Coeff, force: bool) -> ConceptEraser:
     if not isinstance(eraser, ConceptEraser):
-        raise ValueError(f"op='erase' needs a ConceptEraser (see steer.fit_eraser), got {type(eraser).__name__}")
+        raise ValueError(f"op='leace' needs a ConceptEraser (see steer.fit_eraser), got {type(eraser).__name__}")
     if coeff is not None:
-        raise ValueError(f"op='erase' takes no coeff (the eraser is fixed), got {coeff!r}")
+        raise ValueError(f"op='leace' takes no coeff (the eraser is fixed), got {coeff!r}")
     eraser.check_compatible(model, force=force)
     return eraser
 
@@ -159,7 +163,7 @@ def row_vectors(model, vector: VectorLike, force: bool) -> tuple[list[dict[int, 
     """-> per-row ``{layer: [d]}`` (one entry when shared by every row) and the hooks they were taken at."""
     d_model = int(model.cfg.d_model)
     if isinstance(vector, ConceptEraser):
-        raise ValueError("a ConceptEraser is applied with op='erase'")
+        raise ValueError("a ConceptEraser is applied with op='leace'")
     if isinstance(vector, SteeringVector):
         vector.check_compatible(model, force=force)
         return [dict(vector.directions)], [hook_kind(vector.hook)]

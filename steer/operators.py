@@ -3,7 +3,7 @@
 ``v`` broadcasts against ``h`` (``[d]``, or ``[batch, 1, d]`` for one vector per row) and so do
 the coefficients (a float, or ``[batch, 1, 1]``). ``v̂ = v / ‖v‖``; a zero ``v`` leaves ``h``
 unchanged under every operator (so a row without a vector is simply not steered).
-``erase`` takes a fitted affine eraser (``EraserTensors``) instead of ``v``.
+``leace`` takes a fitted affine eraser (``EraserTensors``) instead of ``v``.
 Projections are computed in float32 and cast back to ``h``'s dtype (bf16-safe).
 """
 
@@ -14,10 +14,10 @@ from typing import Any, Literal, NamedTuple, get_args
 import torch
 from jaxtyping import Float
 
-Op = Literal["add", "ablate", "clamp", "add_norm", "erase"]
+Op = Literal["add", "ablate", "clamp", "add_norm", "leace"]
 OPS: tuple[str, ...] = get_args(Op)
-#: the ops that take a direction ``v`` (``erase`` takes ``EraserTensors``)
-VECTOR_OPS: tuple[str, ...] = tuple(op for op in OPS if op != "erase")
+#: the ops that take a direction ``v`` (``leace`` takes ``EraserTensors``)
+VECTOR_OPS: tuple[str, ...] = tuple(op for op in OPS if op != "leace")
 
 
 class EraserTensors(NamedTuple):
@@ -67,7 +67,7 @@ def add_norm(h: Float[torch.Tensor, "... d"], v: Float[torch.Tensor, "... d"], a
     return (h.float() + a * norm * u).type_as(h)
 
 
-def erase(h: Float[torch.Tensor, "... d"], eraser: EraserTensors) -> Float[torch.Tensor, "... d"]:
+def leace(h: Float[torch.Tensor, "... d"], eraser: EraserTensors) -> Float[torch.Tensor, "... d"]:
     """LEACE concept erasure ``h ← h − L·R·(h − b)``, where ``L·R = W⁺P_{WΣ_XZ}W`` and ``b = E[X]``
     (Belrose et al. 2023, "LEACE: Perfect linear concept erasure in closed form", arXiv:2306.03819)."""
     x = h.float()
@@ -75,7 +75,7 @@ def erase(h: Float[torch.Tensor, "... d"], eraser: EraserTensors) -> Float[torch
 
 
 def apply_op(op: Op, h: torch.Tensor, v: Any, coeff: float | torch.Tensor | None) -> torch.Tensor:
-    """Dispatch by name (``ablate`` and ``erase`` ignore ``coeff``; for ``erase`` ``v`` is the
+    """Dispatch by name (``ablate`` and ``leace`` ignore ``coeff``; for ``leace`` ``v`` is the
     layer's ``EraserTensors``)."""
     if op == "add":
         return add(h, v, coeff)
@@ -85,6 +85,6 @@ def apply_op(op: Op, h: torch.Tensor, v: Any, coeff: float | torch.Tensor | None
         return clamp(h, v, coeff)
     if op == "add_norm":
         return add_norm(h, v, coeff)
-    if op == "erase":
-        return erase(h, v)
+    if op == "leace":
+        return leace(h, v)
     raise ValueError(f"op must be one of {OPS}, got {op!r}")

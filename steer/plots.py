@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-    from steer.evaluate import SweepResult
+    from steer.evaluate import SteeringSweep
 
 
-def tradeoff_figure(result: "SweepResult") -> "go.Figure":
+def tradeoff_figure(result: "SteeringSweep") -> "go.Figure":
     """Two panels: behaviour vs KL on neutral text, and behaviour vs perplexity ratio. Each marker
     is one coefficient (labelled); the control is dashed. Without a behaviour score, the panels
     show KL and perplexity ratio against the coefficient instead."""

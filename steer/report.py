@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from steer.evaluate import SweepResult
+    from steer.evaluate import SteeringSweep
 
 
-def write_report(result: "SweepResult", out: str | os.PathLike, *, n_samples: int = 4) -> Path:
+def write_report(result: "SteeringSweep", out: str | os.PathLike, *, n_samples: int = 4) -> Path:
     """Write the report of a steering sweep into the directory ``out`` (created if missing):
     ``report.html`` (behaviour and cost by coefficient, the numbers, ``n_samples`` generations per
     coefficient, the vector's metadata) and ``report.json``, both atomically. Returns the path of
@@ -18,7 +18,7 @@ def write_report(result: "SweepResult", out: str | os.PathLike, *, n_samples: in
     return _page(result, n_samples=n_samples).write(Path(out) / "report.html", data=result.to_dict())
 
 
-def _page(result: "SweepResult", *, n_samples: int = 4):
+def _page(result: "SteeringSweep", *, n_samples: int = 4):
     from steerlens.report import HTML, Page, bold, escape
 
     page = Page("steerlens steering sweep", heading="Steering sweep")

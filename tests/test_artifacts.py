@@ -82,7 +82,7 @@ def test_corrupt_files_name_the_file(tmp_path):
 
     deep = tmp_path / "deep.safetensors"
     save_file({"w": torch.zeros(1)}, str(deep), metadata={"format": f'"{FMT}"', "info": "[" * 100_000 + "]" * 100_000})
-    with pytest.raises(ValueError, match=re.escape(f"{deep} is not a readable steerlens thing: its metadata is nested too deeply")):
+    with pytest.raises(ValueError, match=re.escape(f"{deep} is not a readable steerlens thing: ") + ".*nested too deeply"):
         artifacts.load(deep, FMT, 2)
     with named(path, r"the thing metadata lacks \['coeff'\]"):
         artifacts.load(path, FMT, 2, required=("coeff",))

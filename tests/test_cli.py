@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from steerlens.activations import Activations
-from steerlens.cli import app
+from steerlens.app.cli import app
 from steerlens.io import write_jsonl
 from steerlens.models import cache_dir
 
@@ -19,7 +19,7 @@ def tiny_dir(tiny):
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; from steerlens.cli import app; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys; from steerlens.app.cli import app; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -92,7 +92,7 @@ def test_unexpected_errors_keep_the_traceback(monkeypatch):
 
 
 def test_console_errors_without_and_with_debug(tmp_path):
-    cmd = [sys.executable, "-m", "steerlens.cli", "edit", "run", str(tmp_path / "missing.jsonl")]
+    cmd = [sys.executable, "-m", "steerlens.app.cli", "edit", "run", str(tmp_path / "missing.jsonl")]
     plain = subprocess.run(cmd, capture_output=True, text=True)
     assert plain.returncode == 2 and plain.stderr == f"error: experiment file not found: {tmp_path / 'missing.jsonl'}\n"
     debug = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True)

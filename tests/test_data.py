@@ -26,7 +26,7 @@ def test_every_dataset_loads_with_a_card(name):
     records = data.load(name)
     assert records and all(type(r) is KINDS[name] for r in records)
     text = data.card(name)
-    assert text.startswith(f"# {name}") and "_build.py" in text
+    assert text.startswith(f"# {name}") and "tools/build_datasets.py" in text
 
 
 def test_unknown_name_raises():

@@ -31,7 +31,7 @@ PAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "probes": (
         ("probes.LogisticProbe", "probes.MeanDiffProbe", "probes.LDAProbe", "probes.sweep_layers",
-         "probes.SweepResult", "probes.generalization_matrix", "probes.ProbeMonitor", "probes.metrics.auroc",
+         "probes.LayerSweep", "probes.generalization_matrix", "probes.ProbeMonitor", "probes.metrics.auroc",
          "probes.metrics.bootstrap_ci", "probes.save_probe", "probes.load_probe"),
         ("sweep_layers(acts", "bootstrap_ci(y"),
     ),
@@ -39,7 +39,7 @@ PAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("steer.apply", "steer.generate", "steer.SteeringVector", "steer.compute", "steer.mean_diff", "steer.pca",
          "steer.from_probe", "steer.actadd", "steer.calibrate", "steer.sweep", "steer.fit_eraser",
          "steer.ConceptEraser", "steer.export_gguf", "steer.import_gguf", "steer.operators.add",
-         "steer.operators.ablate", "steer.operators.erase"),
+         "steer.operators.ablate", "steer.operators.leace"),
         ("apply(model", "generate(model", "fit_eraser(acts"),
     ),
     "editing": (

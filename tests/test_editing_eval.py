@@ -131,7 +131,7 @@ def test_evaluate_edits_restores_weights_and_reports(tiny, tmp_path, mode, stack
 def test_run_experiment_jsonl_and_cli(tiny, tmp_path):
     from typer.testing import CliRunner
 
-    from steerlens.cli import app
+    from steerlens.app.cli import app
     from steerlens.models import cache_dir
 
     exp = tmp_path / "exp.jsonl"
@@ -165,7 +165,7 @@ def test_cli_edit_run_with_the_shipped_corpus(tiny, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from editing.covariance import cache_path, corpus_hash, shipped_corpus
-    from steerlens.cli import app
+    from steerlens.app.cli import app
     from steerlens.models import cache_dir
 
     monkeypatch.chdir(tmp_path)  # no file called "shipped" here

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 import steerlens
 from probes import load_probe
-from steerlens.cli import app
+from steerlens.app.cli import app
 from steerlens.models import cache_dir
 
 

@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from steer.vector import SteeringVector
-from steerlens.cli import app
+from steerlens.app.cli import app
 from steerlens.models import cache_dir
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import steerlens
-from steer import extract as compute
+from steer import computing as compute
 from steerlens.activations import Activations
 
 HOOK = "blocks.1.hook_resid_post"

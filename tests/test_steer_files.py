@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import steerlens
-from steer.erase import ConceptEraser
+from steer.leace import ConceptEraser
 from steer.operators import EraserTensors
 from steerlens.io import load_tensors, save_tensors
 from steerlens.models import cache_dir

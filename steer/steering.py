@@ -116,14 +116,14 @@ class Steering:
         return self.coeff.tolist() if isinstance(self.coeff, torch.Tensor) else self.coeff
 
     def _params(self, layer: int, x: torch.Tensor) -> tuple[Any, Any]:
-        """``add``: the delta ``a·v`` in x's dtype; ``erase``: (float32 EraserTensors, None); other
+        """``add``: the delta ``a·v`` in x's dtype; ``leace``: (float32 EraserTensors, None); other
         ops: (float32 v, coeff), broadcastable."""
         key = (layer, x.dtype, x.device)
         got = self._params_cache.get(key)
         if got is not None:
             return got
         with self._lock:
-            if self.op == "erase":
+            if self.op == "leace":
                 got = (self._dirs[layer].to(x.device), None)
             else:
                 v = self._dirs[layer].to(x.device)
@@ -144,7 +144,7 @@ def apply(model: "TransformerBridge", vector: VectorLike, *, coeff: Coeff = None
 
     ``vector``: a ``SteeringVector``, a list with one per batch row (``None`` leaves a row
     unsteered), ``{layer: tensor[d] | tensor[batch, d]}`` (negative layers count from the end),
-    or for ``op="erase"`` a ``ConceptEraser`` (``steer.fit_eraser``; one for all rows). ``coeff``:
+    or for ``op="leace"`` a ``ConceptEraser`` (``steer.fit_eraser``; one for all rows). ``coeff``:
     a number or one per row; ``None`` takes the vector's calibrated coefficient, else 1
     (``ablate`` ignores it; for ``clamp`` it is the projection to set; ``erase`` takes none).
     ``layers``: default each row's vector's own layers; a one-layer vector may be applied at any

@@ -1,8 +1,7 @@
 """``steerlens tour``: every capability end to end on one model, written as one self-contained HTML
 report plus JSON (DESIGN: "run every capability end to end and write one HTML report").
 
-Like the CLI, this module alone (with ``steerlens.cli``) imports ``probes``, ``steer`` and
-``editing``, lazily, inside ``run_tour``.
+Part of the app layer: it imports ``probes``, ``steer`` and ``editing`` lazily, inside ``run_tour``.
 """
 
 from __future__ import annotations

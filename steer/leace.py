@@ -1,5 +1,5 @@
 """``ConceptEraser``: a LEACE eraser per layer, fitted on captured activations with EleutherAI's
-``concept-erasure`` and applied while the model runs with ``steer.apply(model, eraser, op="erase")``.
+``concept-erasure`` and applied while the model runs with ``steer.apply(model, eraser, op="leace")``.
 
 LEACE (Belrose et al. 2023, "LEACE: Perfect linear concept erasure in closed form",
 arXiv:2306.03819) is the least-squares affine edit ``r(x) = x − W⁺P_{WΣ_XZ}W(x − E[X])`` after
@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 
 from probes.inputs import layer_hooks, row_labels
-from steer.operators import EraserTensors, erase
+from steer.operators import EraserTensors, leace
 from steerlens import artifacts
 from steerlens.artifacts import PROVENANCE
 from steerlens.artifacts import now as _now
@@ -41,7 +41,7 @@ class ConceptEraser:
     ``bias [d]``, concept-erasure's ``LeaceEraser`` layout) plus provenance, like ``SteeringVector``.
 
     ``eraser(h, layer)`` erases at ``layer`` (``h [..., d]``); ``steer.apply(model, eraser,
-    op="erase")`` erases inside the model. Values may also be ``LeaceEraser`` objects or
+    op="leace")`` erases inside the model. Values may also be ``LeaceEraser`` objects or
     ``(proj_left, proj_right, bias)`` tuples (``bias=None``: no centering).
     """
 
@@ -92,7 +92,7 @@ class ConceptEraser:
             if len(self) != 1:
                 raise ValueError(f"this ConceptEraser has layers {self.layers}: pass layer=")
             layer = self.layers[0]
-        return erase(h, self[layer].to(h.device))
+        return leace(h, self[layer].to(h.device))
 
     def __repr__(self) -> str:
         ranks = {layer: int((e.proj_left.abs().sum(0) > 0).sum()) for layer, e in self.erasers.items()}

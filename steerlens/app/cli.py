@@ -152,7 +152,7 @@ def tour(
     """Every capability end to end (capture, probe sweep, calibrated steering, ROME edits and a
     causal trace) on one model, written as one HTML report."""
     from steerlens.models import load_model
-    from steerlens.tour import run_tour
+    from steerlens.app.tour import run_tour
 
     m = load_model(model, device=device, dtype=dtype)
     path = run_tour(m, out, n_facts=n_facts, progress=progress)
