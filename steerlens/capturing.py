@@ -11,6 +11,7 @@ import torch
 
 from steerlens.activations import Activations, ShardWriter
 from steerlens.hooks import Layers, resolve_hooks
+from steerlens.forward import stop
 from steerlens.models import fingerprint, model_name
 from steerlens.steps import intervene
 from steerlens.tokens import check_prompts, tokenize
@@ -74,7 +75,6 @@ def capture(
 
 def _run(model, prompts, names, pool, positions, batch_size, dtype, progress, sink) -> torch.Tensor:
     from tqdm.auto import tqdm
-    from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
     device = next(model.parameters()).device
     all_lengths = []
@@ -91,7 +91,7 @@ def _run(model, prompts, names, pool, positions, batch_size, dtype, progress, si
             def hook(x: torch.Tensor, step: Any) -> torch.Tensor:
                 got[name] = _pool(_as_bsd(x, name, input_ids.shape[1]), pool, pos, lengths).to("cpu", dtype)
                 if len(got) == len(names):  # deepest requested hook: skip the rest of the model
-                    raise StopAtLayerException(x)
+                    stop(x)
                 return x
 
             return hook
