@@ -14,6 +14,7 @@ with its own vectors. Hooks are removed on exit, also after an exception.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,11 +29,15 @@ if TYPE_CHECKING:
 
 
 class Steering:
-    """Context manager that steers ``model`` while it is active (see ``apply``)."""
+    """Context manager that steers ``model`` while it is active (see ``apply``).
+
+    ``on_nonfinite(bad_rows)``: instead of raising when steering makes a row's activations
+    non-finite, leave those rows unsteered in that call and report them (``bool [batch]``); the
+    serving engine uses it to fail one request without failing the rows batched with it."""
 
     def __init__(self, model: "TransformerBridge", vector: VectorLike, *, coeff: Coeff = None,
                  layers: Layers = None, op: Op = "add", positions: Positions = "all", sites: Sites = None,
-                 force: bool = False):
+                 force: bool = False, on_nonfinite: Callable[[torch.Tensor], Any] | None = None):
         p = plan(model, vector, coeff=coeff, layers=layers, op=op, positions=positions, sites=sites, force=force)
         self.model, self.op, self.layers, self.sites = model, p.op, p.layers, p.sites
         self.coeff, self.n_rows, self.positions = p.coeff, p.n_rows, p.positions
@@ -40,6 +45,7 @@ class Steering:
         self._params_cache: dict[tuple, tuple[Any, Any]] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._on_nonfinite = on_nonfinite
 
     def hook_names(self) -> list[str]:
         return [SHORTHANDS[site].format(layer) for layer in self.layers for site in self.sites]
@@ -106,6 +112,11 @@ class Steering:
             v, c = self._params(layer, x)
             out = x + v if self.op == "add" else apply_op(self.op, x, v, c)
             if not bool(torch.isfinite(out).all()):
+                if self._on_nonfinite is not None:  # leave those rows unsteered and report them
+                    bad = ((~torch.isfinite(out)).any(-1) & sel).any(-1)
+                    self._on_nonfinite(bad.cpu())
+                    sel = sel & ~bad[:, None]
+                    return torch.where(sel[..., None], out, x)
                 raise ValueError(f"steering at layer {layer} made the activations non-finite (coeff={self._coeff_repr()} "
                                  f"overflows {x.dtype}): use a smaller coeff")
             return out if bool(sel.all()) else torch.where(sel[..., None], out, x)

@@ -10,7 +10,7 @@ seeded row gives the same tokens alone or in any batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -121,21 +121,30 @@ def generate_tokens(
         return _decode(hf, ids, mask, cache, stops, max_new_tokens, sampling)
 
 
+def step_logits(hf: torch.nn.Module, feed: Int[torch.Tensor, "batch n"], mask: Int[torch.Tensor, "batch total"],
+                cache: Any | None) -> Float[torch.Tensor, "batch vocab"]:
+    """One forward call of a decoding loop on the HF model ``hf``: ``feed`` holds the new columns,
+    ``mask`` covers cache + feed (left-padded rows), position ids are ``cumsum(mask) - 1``.
+    Returns the last position's logits. Raises ``RuntimeError`` when a prefill leaves the KV
+    cache empty (a transformers version this stack cannot generate with)."""
+    prefill = cache is not None and cache.get_seq_length() == 0
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    kw = dict(use_cache=True, past_key_values=cache) if cache is not None else dict(use_cache=False)
+    out = hf(input_ids=feed, attention_mask=mask, position_ids=pos[:, -feed.shape[1] :], logits_to_keep=1, **kw)
+    if prefill and cache.get_seq_length() == 0:
+        import transformers
+
+        raise RuntimeError(f"the KV cache was not filled (transformers {transformers.__version__}): "
+                           "this stack cannot generate with a cache; install the tested versions "
+                           "(constraints.txt) or pass use_past_kv_cache=False")
+    return out.logits[:, -1]
+
+
 def _decode(hf, ids, mask, cache, stops, max_new_tokens: int, sampling: dict) -> torch.Tensor:
     use_cache = cache is not None
     feed, new, done = ids, [], torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     for step in range(max_new_tokens):
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        kw = dict(use_cache=True, past_key_values=cache) if use_cache else dict(use_cache=False)
-        out = hf(input_ids=feed, attention_mask=mask, position_ids=pos[:, -feed.shape[1] :],
-                 logits_to_keep=1, **kw)
-        if use_cache and step == 0 and cache.get_seq_length() == 0:
-            import transformers
-
-            raise RuntimeError(f"the KV cache was not filled (transformers {transformers.__version__}): "
-                               "this stack cannot generate with a cache; install the tested versions "
-                               "(constraints.txt) or pass use_past_kv_cache=False")
-        logits = out.logits[:, -1]
+        logits = step_logits(hf, feed, mask, cache)
         if not torch.isfinite(logits).all():
             raise ValueError(f"the model's logits are not finite at generation step {step}: an intervention "
                              "(e.g. a steering coefficient of this size) overflowed its activations")

@@ -1,0 +1,94 @@
+"""``serve`` (the ``steerlens serve`` command) and ``Server``, a uvicorn server in a background
+thread for notebooks, tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from steer.serve.app import Limits, create_app
+from steer.serve.engine import Engine
+from steer.serve.metrics import Metrics
+from steer.serve.registry import Registry
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+API_KEY_ENV = "STEERLENS_API_KEY"
+
+
+def build(model: "TransformerBridge", *, model_id: str, vectors: str | os.PathLike | None = None,
+          probes: str | os.PathLike | None = None, api_key: str | None = None, max_batch: int = 16,
+          max_queue: int = 64, mode: str = "continuous", batch_window: float = 0.05,
+          limits: Limits = Limits()) -> tuple[Any, Engine]:
+    """The app and its (not yet started) engine, with vectors and probes loaded from directories."""
+    registry = Registry(model)
+    if vectors is not None:
+        registry.load_dir(vectors, "vectors")
+    if probes is not None:
+        registry.load_dir(probes, "probes")
+    metrics = Metrics()
+    engine = Engine(model, max_batch=max_batch, max_queue=max_queue, mode=mode, batch_window=batch_window,
+                    on_step=metrics.step)
+    metrics.queue.set_function(lambda: engine.queue_length)
+    metrics.running.set_function(lambda: engine.running)
+    app = create_app(model, engine, registry, model_id=model_id, api_key=api_key, limits=limits, metrics=metrics)
+    return app, engine
+
+
+class Server:
+    """``with Server(app, engine) as s: s.url`` — uvicorn on ``host:port`` (port 0: a free one)
+    in a background thread; the engine is started on entry and both are stopped on exit."""
+
+    def __init__(self, app: Any, engine: Engine, *, host: str = "127.0.0.1", port: int = 0):
+        import uvicorn
+
+        self.engine = engine
+        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(self.config)
+        self.thread: threading.Thread | None = None
+        self.url = ""
+
+    def __enter__(self) -> "Server":
+        self.engine.start()
+        self.thread = threading.Thread(target=self.server.run, name="steerlens-http", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.engine.stop()
+                raise RuntimeError(f"the server did not start on {self.config.host}:{self.config.port}")
+            time.sleep(0.01)
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(30)
+        self.engine.stop()
+
+
+def serve(model: str = "gemma-3-270m", *, vectors: str | None = None, probes: str | None = None,
+          host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_batch: int = 16,
+          max_queue: int = 64, mode: str = "continuous", limits: Limits = Limits(), device: str | None = None,
+          dtype: str | None = None) -> None:
+    """Load ``model`` and serve it until interrupted (``steerlens serve``)."""
+    import uvicorn
+
+    from steerlens.models import load_model
+
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    m = load_model(model, device=device, dtype=dtype)
+    app, engine = build(m, model_id=model, vectors=vectors, probes=probes, api_key=api_key, max_batch=max_batch,
+                        max_queue=max_queue, mode=mode, limits=limits)
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        print(f"warning: serving on {host} without an API key: anyone who can reach it can register vectors")
+    engine.start()
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off")
+    finally:
+        engine.stop()
