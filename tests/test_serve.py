@@ -542,3 +542,56 @@ def test_health_and_metrics(server, client):
         assert name in text, name
     line = next(x for x in text.splitlines() if x.startswith('steerlens_requests_total{route="/v1/completions",status="200"}'))
     assert float(line.split()[-1]) >= 1
+
+
+def test_steerlens_serve_command(model, vectors, tmp_path):
+    """``steerlens serve`` in its own process: loads the vector directory, binds 127.0.0.1,
+    enforces the key from the environment, answers an OpenAI client, stops on SIGTERM."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from steerlens.models import cache_dir
+
+    (tmp_path / "v").mkdir()
+    vectors["pos"].save(tmp_path / "v" / "positive.safetensors")
+    checkpoint = next(p for p in (cache_dir() / "tiny").iterdir() if p.name == model.cfg.model_name)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "STEERLENS_API_KEY": "k3y"}
+    proc = subprocess.Popen([sys.executable, "-m", "steerlens.app.cli", "serve", "--model", str(checkpoint),
+                             "--model-id", MODEL, "--vectors", str(tmp_path / "v"), "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                if httpx.get(url + "/health", headers={"Authorization": "Bearer k3y"}).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        assert httpx.get(url + "/health").status_code == 401
+        c = openai.OpenAI(base_url=url + "/v1", api_key="k3y", max_retries=0)
+        r = complete(c, "cli", max_tokens=5, temperature=0, steering=[{"vector": "positive", "coeff": 3.0}])
+        assert r.choices[0].text == steer.generate(model, "cli", vectors["pos"], coeff=3.0, max_new_tokens=5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def test_serve_command_rejects_bad_options():
+    from typer.testing import CliRunner
+
+    from steerlens.app.cli import app
+
+    for args, what in ((["--port", "70000"], "--port"), (["--max-batch", "0"], "--max-batch"),
+                       (["--mode", "turbo"], "--mode"), (["--timeout", "0"], "--timeout")):
+        r = CliRunner().invoke(app, ["serve", *args])
+        assert r.exit_code == 2 and what in r.output, (args, r.output)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -75,15 +76,17 @@ class Server:
 def serve(model: str = "gemma-3-270m", *, vectors: str | None = None, probes: str | None = None,
           host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_batch: int = 16,
           max_queue: int = 64, mode: str = "continuous", limits: Limits = Limits(), device: str | None = None,
-          dtype: str | None = None) -> None:
-    """Load ``model`` and serve it until interrupted (``steerlens serve``)."""
+          dtype: str | None = None, model_id: str | None = None) -> None:
+    """Load ``model`` and serve it until interrupted (``steerlens serve``). ``model_id``: the
+    name clients pass as ``model`` (default: the spec, or a local path's last component)."""
     import uvicorn
 
     from steerlens.models import load_model
 
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     m = load_model(model, device=device, dtype=dtype)
-    app, engine = build(m, model_id=model, vectors=vectors, probes=probes, api_key=api_key, max_batch=max_batch,
+    model_id = model_id or (Path(model).name if os.path.exists(model) else model)
+    app, engine = build(m, model_id=model_id, vectors=vectors, probes=probes, api_key=api_key, max_batch=max_batch,
                         max_queue=max_queue, mode=mode, limits=limits)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: serving on {host} without an API key: anyone who can reach it can register vectors")

@@ -488,6 +488,45 @@ def probe(
     }, indent=1))
 
 
+@app.command()
+def serve(
+    model: str = MODEL,
+    vectors: Optional[Path] = typer.Option(None, help="Directory of steering vector files (registered by file name)."),
+    probes: Optional[Path] = typer.Option(None, help="Directory of probe files (registered by file name)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="STEERLENS_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY' on every route."),
+    max_batch: int = typer.Option(16, help="Rows decoded together."),
+    max_queue: int = typer.Option(64, help="Requests that may wait; beyond, 429 with Retry-After."),
+    max_tokens: int = typer.Option(512, help="Largest max_tokens a request may ask for."),
+    timeout: float = typer.Option(300.0, help="Seconds a request may take (queue + generation)."),
+    max_body: int = typer.Option(4 << 20, help="Largest request body in bytes."),
+    mode: str = typer.Option("continuous", help="continuous (rows join at every step) or static."),
+    model_id: Optional[str] = typer.Option(None, help="The name clients pass as 'model' (default: --model, "
+                                           "or a local path's last component)."),
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+) -> None:
+    """Serve the model over an OpenAI-compatible API with per-request steering vectors and probe
+    monitors (POST /v1/completions with "steering": [...], "monitors": [...])."""
+    from steer.serve import Limits
+    from steer.serve import serve as run_server
+
+    for name, value in (("--port", port), ("--max-batch", max_batch), ("--max-queue", max_queue),
+                        ("--max-tokens", max_tokens), ("--max-body", max_body)):
+        if value < (0 if name == "--port" else 1) or (name == "--port" and value > 65535):
+            raise typer.BadParameter(f"{name} must be {'0..65535' if name == '--port' else '>= 1'}, got {value}")
+    if not timeout > 0:
+        raise typer.BadParameter(f"--timeout must be > 0 seconds, got {timeout}")
+    if mode not in ("continuous", "static"):
+        raise typer.BadParameter(f"--mode takes 'continuous' or 'static', got {mode!r}")
+    run_server(model, vectors=None if vectors is None else str(vectors), probes=None if probes is None else str(probes),
+               host=host, port=port, api_key=api_key, max_batch=max_batch, max_queue=max_queue, mode=mode,
+               limits=Limits(max_tokens=max_tokens, timeout=timeout, max_body=max_body), device=device, dtype=dtype,
+               model_id=model_id)
+
+
 def main() -> None:
     app()
 
