@@ -1,11 +1,13 @@
 """Time of one ROME edit on the embedded Gemma 3 270M, split into key, value and update (the key
 statistics cached), the key statistics per 10k tokens read from a corpus and of the default
-corpus (sampled from the model, the default budget), and the load time of a cached covariance.
+corpus (sampled from the model, the default budget), the load time of a cached covariance, and
+one sampling draw over the 262k vocabulary (``torch.multinomial`` vs the two-stage
+``steerlens.generation.categorical``) against a forward pass of as many rows of one token.
 
-    python benchmarks/bench_editing.py [--layer 2] [--tokens 10000] [--sampled-tokens 8000] [--edits 3] [--threads 0] [--json out.json]
+    python benchmarks/bench_editing.py [--layer 2] [--tokens 10000] [--sampled-tokens 8000] [--edits 3] [--sampler-rows 256] [--threads 0] [--json out.json]
 
 ``--threads 0`` keeps torch's default thread count; ``--sampled-tokens 0`` skips the sampled
-corpus. Uses the shipped ``facts`` dataset when it is there, else three hand-written requests;
+corpus, ``--sampler-rows 0`` the sampler timing. Uses the shipped ``facts`` dataset when it is there, else three hand-written requests;
 the edits use statistics of the shipped datasets' text.
 """
 
@@ -39,6 +41,7 @@ def main() -> None:
     ap.add_argument("--sampled-tokens", type=int, default=covariance.DEFAULT_TOKENS,
                     help="budget for the default (model-sampled) corpus timing; 0 skips it")
     ap.add_argument("--edits", type=int, default=3)
+    ap.add_argument("--sampler-rows", type=int, default=256, help="rows of the sampler timing; 0 skips it")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -101,11 +104,43 @@ def main() -> None:
         h.revert()
     out["edit_seconds_median"] = {k: statistics.median(v) for k, v in parts.items() if v}
     out["value_steps"] = steps
+    if args.sampler_rows:
+        out["sampler"] = sampler_timing(model, args.sampler_rows)
     print(json.dumps(out, indent=1))
     if args.json:
         from steerlens.io import write_json
 
         write_json(args.json, out)
+
+
+def sampler_timing(model, rows: int, repeats: int = 3) -> dict:
+    """One draw per row from ``[rows, vocab]`` probabilities: ``torch.multinomial`` (serial per
+    row) vs ``steerlens.generation.categorical``, and a forward pass of ``rows`` one-token rows
+    with logits (about one decode step's model cost), median of ``repeats`` after a warm-up."""
+    from steerlens.generation import categorical
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = int(model.cfg.d_vocab)
+    probs = (3 * torch.randn(rows, vocab, generator=gen)).softmax(-1)
+    ids = torch.full((rows, 1), int(model.tokenizer.bos_token_id))
+
+    def median_s(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    with torch.inference_mode():
+        res = {"rows": rows, "vocab": vocab,
+               "multinomial_s": median_s(lambda: torch.multinomial(probs, 1, generator=gen)),
+               "categorical_s": median_s(lambda: categorical(probs, gen)),
+               "forward_one_token_rows_s": median_s(lambda: model(ids, return_type="logits"))}
+    res["multinomial_over_categorical"] = res["multinomial_s"] / res["categorical_s"]
+    res["multinomial_over_forward"] = res["multinomial_s"] / res["forward_one_token_rows_s"]
+    return res
 
 
 if __name__ == "__main__":
