@@ -59,7 +59,7 @@ def error_body(status: int, message: str, type: str | None = None, param: str | 
                       "param": param, "code": code}}
 
 
-def create_app(model: "TransformerBridge", engine: Engine, registry: Registry, *, model_id: str,
+def create_app(model: "TransformerBridge", engine: "Engine | Any", registry: Registry, *, model_id: str,
                api_key: str | None = None, limits: Limits = Limits(), metrics: Metrics | None = None) -> "FastAPI":
     """The app; the caller owns ``engine`` (start it before serving, stop it after)."""
     from fastapi.exceptions import RequestValidationError
@@ -248,6 +248,10 @@ def create_app(model: "TransformerBridge", engine: Engine, registry: Registry, *
         return tuple(out)
 
     def monitors(names: list[str]) -> dict[str, tuple[str, Any]]:
+        if names and not getattr(engine, "supports_monitors", True):
+            raise APIError(400, f"probe monitors are not available on this server's engine "
+                           f"({type(engine).__name__}): serve with the in-process engine to use them",
+                           param="monitors", code="monitors_unsupported")
         out = {}
         for i, name in enumerate(names):
             with _registry_errors():
@@ -305,6 +309,8 @@ def create_app(model: "TransformerBridge", engine: Engine, registry: Registry, *
                            {"Retry-After": "1"}) from None
         except RuntimeError as e:
             raise APIError(503, str(e), "server_error") from None
+        except (ValueError, TypeError) as e:  # a spec this engine cannot run (e.g. vLLM: resid_post only)
+            raise APIError(400, str(e), param="steering", code="invalid_steering") from None
         metrics.submitted(len(kwargs["prompt_ids"]))
         return job, events
 

@@ -23,20 +23,34 @@ API_KEY_ENV = "STEERLENS_API_KEY"
 def build(model: "TransformerBridge", *, model_id: str, vectors: str | os.PathLike | None = None,
           probes: str | os.PathLike | None = None, api_key: str | None = None, max_batch: int = 16,
           max_queue: int = 64, mode: str = "continuous", batch_window: float = 0.05,
-          limits: Limits = Limits()) -> tuple[Any, Engine]:
-    """The app and its (not yet started) engine, with vectors and probes loaded from directories."""
+          limits: Limits = Limits(), engine: str = "inprocess", checkpoint: str | None = None,
+          vllm_options: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """The app and its (not yet started) engine, with vectors and probes loaded from directories.
+
+    ``engine``: ``"inprocess"`` (steerlens' continuous-batching engine, the default) or
+    ``"vllm"`` (``steer.serve.vllm_engine.VLLMEngine`` on the HF ``checkpoint`` the model was
+    loaded from; needs ``pip install 'steerlens[vllm]'``, see docs/serve.md)."""
+    if engine not in ("inprocess", "vllm"):
+        raise ValueError(f"engine must be 'inprocess' or 'vllm', got {engine!r}")
     registry = Registry(model)
     if vectors is not None:
         registry.load_dir(vectors, "vectors")
     if probes is not None:
         registry.load_dir(probes, "probes")
     metrics = Metrics()
-    engine = Engine(model, max_batch=max_batch, max_queue=max_queue, mode=mode, batch_window=batch_window,
-                    on_step=metrics.step)
-    metrics.queue.set_function(lambda: engine.queue_length)
-    metrics.running.set_function(lambda: engine.running)
-    app = create_app(model, engine, registry, model_id=model_id, api_key=api_key, limits=limits, metrics=metrics)
-    return app, engine
+    if engine == "vllm":
+        from steer.serve.vllm_engine import VLLMEngine
+
+        if checkpoint is None:
+            raise ValueError("engine='vllm' needs checkpoint: the HF model directory vLLM loads")
+        eng: Any = VLLMEngine(model, checkpoint, max_batch=max_batch, max_queue=max_queue, **(vllm_options or {}))
+    else:
+        eng = Engine(model, max_batch=max_batch, max_queue=max_queue, mode=mode, batch_window=batch_window,
+                     on_step=metrics.step)
+    metrics.queue.set_function(lambda: eng.queue_length)
+    metrics.running.set_function(lambda: eng.running)
+    app = create_app(model, eng, registry, model_id=model_id, api_key=api_key, limits=limits, metrics=metrics)
+    return app, eng
 
 
 class Server:
@@ -76,7 +90,8 @@ class Server:
 def serve(model: str = "gemma-3-270m", *, vectors: str | None = None, probes: str | None = None,
           host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_batch: int = 16,
           max_queue: int = 64, mode: str = "continuous", limits: Limits = Limits(), device: str | None = None,
-          dtype: str | None = None, model_id: str | None = None) -> None:
+          dtype: str | None = None, model_id: str | None = None, engine: str = "inprocess",
+          tensor_parallel_size: int = 1) -> None:
     """Load ``model`` and serve it until interrupted (``steerlens serve``). ``model_id``: the
     name clients pass as ``model`` (default: the spec, or a local path's last component)."""
     import uvicorn
@@ -86,12 +101,18 @@ def serve(model: str = "gemma-3-270m", *, vectors: str | None = None, probes: st
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     m = load_model(model, device=device, dtype=dtype)
     model_id = model_id or (Path(model).name if os.path.exists(model) else model)
-    app, engine = build(m, model_id=model_id, vectors=vectors, probes=probes, api_key=api_key, max_batch=max_batch,
-                        max_queue=max_queue, mode=mode, limits=limits)
+    checkpoint = None
+    if engine == "vllm":
+        from steerlens.models import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(model)
+    app, eng = build(m, model_id=model_id, vectors=vectors, probes=probes, api_key=api_key, max_batch=max_batch,
+                     max_queue=max_queue, mode=mode, limits=limits, engine=engine, checkpoint=checkpoint,
+                     vllm_options={"tensor_parallel_size": tensor_parallel_size, "dtype": dtype or "float32"})
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: serving on {host} without an API key: anyone who can reach it can register vectors")
-    engine.start()
+    eng.start()
     try:
         uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off")
     finally:
-        engine.stop()
+        eng.stop()

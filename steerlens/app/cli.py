@@ -503,6 +503,8 @@ def serve(
     timeout: float = typer.Option(300.0, help="Seconds a request may take (queue + generation)."),
     max_body: int = typer.Option(4 << 20, help="Largest request body in bytes."),
     mode: str = typer.Option("continuous", help="continuous (rows join at every step) or static."),
+    engine: str = typer.Option("inprocess", help="inprocess (steerlens' engine) or vllm (needs steerlens[vllm])."),
+    tensor_parallel_size: int = typer.Option(1, help="vLLM only: GPUs to shard the model over."),
     model_id: Optional[str] = typer.Option(None, help="The name clients pass as 'model' (default: --model, "
                                            "or a local path's last component)."),
     device: Optional[str] = DEVICE,
@@ -521,10 +523,14 @@ def serve(
         raise typer.BadParameter(f"--timeout must be > 0 seconds, got {timeout}")
     if mode not in ("continuous", "static"):
         raise typer.BadParameter(f"--mode takes 'continuous' or 'static', got {mode!r}")
+    if engine not in ("inprocess", "vllm"):
+        raise typer.BadParameter(f"--engine takes 'inprocess' or 'vllm', got {engine!r}")
+    if tensor_parallel_size < 1:
+        raise typer.BadParameter(f"--tensor-parallel-size must be >= 1, got {tensor_parallel_size}")
     run_server(model, vectors=None if vectors is None else str(vectors), probes=None if probes is None else str(probes),
                host=host, port=port, api_key=api_key, max_batch=max_batch, max_queue=max_queue, mode=mode,
                limits=Limits(max_tokens=max_tokens, timeout=timeout, max_body=max_body), device=device, dtype=dtype,
-               model_id=model_id)
+               model_id=model_id, engine=engine, tensor_parallel_size=tensor_parallel_size)
 
 
 def main() -> None:
