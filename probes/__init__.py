@@ -5,6 +5,13 @@ metrics and controls, cross-domain generalisation, live per-token monitoring, pl
     with probes.ProbeMonitor(model, {"truth": result.probe}) as mon:
         model.generate(prompt, do_sample=False, verbose=False)
     mon.scores["truth"]
+
+The truth-probe recipe: train on affirmations and their negations together, choose the layer by
+leave-one-family-out transfer, report per family and at a neutral-text operating point:
+
+    rows = probes.labelled_rows("truth")           # truthfulness + negations, groups kept
+    result = probes.sweep_layers(acts, lofo="family", select="lofo")
+    probes.transfer_report(result, acts, others={"arithmetic": arith}, control=neutral).table()
 """
 
 from importlib import import_module
@@ -12,8 +19,8 @@ from typing import TYPE_CHECKING
 
 __all__ = [
     "GeneralizationResult", "LDAProbe", "LayerSweep", "LogisticProbe", "MeanDiffProbe", "ProbeMonitor",
-    "generalization_matrix", "grouped_split", "labelled_rows", "load_probe", "save_probe", "sweep_layers",
-    "write_report",
+    "TransferReport", "generalization_matrix", "grouped_split", "labelled_rows", "load_probe", "save_probe",
+    "sweep_layers", "transfer_report", "write_report",
 ]
 
 _LAZY = {
@@ -21,6 +28,7 @@ _LAZY = {
     "LayerSweep": "probes.sweep", "sweep_layers": "probes.sweep",
     "GeneralizationResult": "probes.generalize", "generalization_matrix": "probes.generalize",
     "ProbeMonitor": "probes.monitor", "grouped_split": "probes.splits", "labelled_rows": "probes.datasets",
+    "TransferReport": "probes.transfer", "transfer_report": "probes.transfer",
     "load_probe": "probes.io", "save_probe": "probes.io", "write_report": "probes.report",
 }
 
@@ -33,6 +41,7 @@ if TYPE_CHECKING:
     from probes.report import write_report
     from probes.splits import grouped_split
     from probes.sweep import LayerSweep, sweep_layers
+    from probes.transfer import TransferReport, transfer_report
 
 
 def __getattr__(name: str):

@@ -21,6 +21,7 @@ from probes.inputs import layer_hooks, row_labels
 from probes.splits import grouped_split
 
 Method = Literal["logistic", "mean_diff", "lda"]
+Select = Literal["val", "lofo"]
 METHODS: dict[str, type[_LinearProbe]] = {"logistic": LogisticProbe, "mean_diff": MeanDiffProbe, "lda": LDAProbe}
 
 
@@ -48,8 +49,12 @@ class LayerSweep:
     averaged over ``n_shuffle`` shuffles; ``random_auroc``: mean over ``n_random`` seeded random
     unit directions of max(AUROC, 1 − AUROC) on the test split, since a random direction has no
     sign), ``selectivity`` (test AUROC minus each control) and timings.
-    ``best``: the (layer, method) with the highest validation AUROC (ties: lower validation
-    log-loss), and its test metrics. ``probe``: that probe, fitted on the training split;
+    With ``lofo`` (a row field, e.g. ``"family"``) each record also holds ``lofo``: leave-one-
+    family-out AUROC (``auroc``: the mean over held-out families, ``min``, ``by_family``).
+    ``picks``: the (layer, method) each criterion chooses, ``"val"`` (highest validation AUROC,
+    ties: lower validation log-loss) and, with ``lofo``, ``"lofo"`` (highest mean leave-one-
+    family-out AUROC, ties: validation AUROC), each with its metrics. ``best``: the pick of
+    ``select``, and its test metrics. ``probe``: that probe, fitted on the training split;
     ``probe_at(layer, method)``: any other probe of the sweep.
     """
 
@@ -66,6 +71,8 @@ class LayerSweep:
     seed: int = 0
     info: dict = field(default_factory=dict)
     fitted: dict = field(default_factory=dict, repr=False)
+    select: str = "val"
+    picks: dict = field(default_factory=dict)
 
     def curve(self, metric: str = "auroc", split: str = "test", method: str | None = None) -> np.ndarray:
         """``metric`` by layer (in ``layers`` order) for ``method`` (default: the best one).
@@ -79,17 +86,19 @@ class LayerSweep:
             raise KeyError(f"method {method!r} was not swept; methods: {self.methods}")
         return np.asarray(out, dtype=float)
 
-    def best_for(self, method: str) -> dict:
-        """The record of ``method`` at its own validation-chosen layer (highest validation AUROC,
-        ties: lower validation log-loss)."""
+    def best_for(self, method: str, select: Select | None = None) -> dict:
+        """The record of ``method`` at its own chosen layer, by ``select`` (default: the sweep's):
+        ``"val"``, highest validation AUROC (ties: lower validation log-loss), or ``"lofo"``,
+        highest mean leave-one-family-out AUROC (ties: validation AUROC)."""
         recs = [r for r in self.records if r["method"] == method]
         if not recs:
             raise KeyError(f"method {method!r} was not swept; methods: {self.methods}")
-        return max(recs, key=_val_key)
+        return max(recs, key=_select_key(select or self.select, bool(self.picks.get("lofo"))))
 
     def probe_at(self, layer: int | None = None, method: str | None = None) -> _LinearProbe:
         """The fitted probe (training split) of ``method`` (default: the best) at ``layer``
-        (default: that method's validation-chosen layer); its ``meta_`` names hook and metrics."""
+        (default: that method's validation-chosen layer); its ``meta_`` names hook, pooling
+        (``"pool"``, as the activations were captured) and metrics."""
         method = method or self.best["method"]
         layer = self.best_for(method)["layer"] if layer is None else layer
         if (layer, method) not in self.fitted:
@@ -101,7 +110,7 @@ class LayerSweep:
         return {
             "hook": self.hook, "layers": list(self.layers), "methods": list(self.methods),
             "best": self.best, "records": list(self.records), "classes": [_py(c) for c in self.classes],
-            "seed": self.seed, "info": self.info,
+            "seed": self.seed, "info": self.info, "select": self.select, "picks": self.picks,
             "split_sizes": {k: int(len(v)) for k, v in self.split.items()},
         }
 
@@ -122,6 +131,8 @@ def sweep_layers(
     controls: bool = True,
     dataset: str | None = None,
     dataset_hash: str | None = None,
+    lofo: str | None = None,
+    select: Select = "val",
     threads: int | None = 1,
     progress: bool = False,
 ) -> LayerSweep:
@@ -133,7 +144,18 @@ def sweep_layers(
     group never straddle train/val/test (``fractions``). Standardisation and hyper-parameters
     are fitted on the training split (``LogisticProbe`` cross-validates ``C`` within it, grouped);
     the best layer and method are chosen on validation only; test metrics are reported per layer
-    for the plots and, for the chosen probe, once as ``best["test"]``.
+    for the plots and, for the chosen probe, once as ``best["test"]``. Every fitted probe's
+    ``meta_`` records its hook, layer, method, metrics and the pooling of ``acts`` (``"pool"``;
+    ``None`` for a mapping), so it is later read with the pooling it was fitted on.
+
+    ``lofo``: a row field (``"family"``, or ``"dataset"`` for combined datasets) for leave-one-
+    family-out validation: for each value ``f`` of it, the same method with the task probe's
+    hyper-parameters is refitted on the training rows of the other families and scored (AUROC)
+    on family ``f``'s training and validation rows (never the test split); a family whose rows
+    there hold one class only is skipped. ``select``: the criterion that chooses ``best`` and
+    ``probe``, ``"val"`` (validation AUROC) or ``"lofo"`` (mean leave-one-family-out AUROC,
+    which rewards a probe that transfers to a family it was not trained on; needs ``lofo``).
+    ``picks`` holds both choices.
 
     ``threads``: BLAS threads while fitting (these small problems run fastest single-threaded,
     and many times faster on a busy machine; ``None`` keeps the library default).
@@ -148,6 +170,11 @@ def sweep_layers(
             f"labels must hold exactly two classes, got {len(classes)}: {[_py(c) for c in classes[:5]]}"
         )
     g = _groups(groups, rows, n)
+    if select not in ("val", "lofo"):
+        raise ValueError(f"select must be 'val' or 'lofo', got {select!r}")
+    if select == "lofo" and lofo is None:
+        raise ValueError("select='lofo' needs lofo=... (the row field whose values are held out, e.g. 'family')")
+    fam = _families(lofo, rows, n) if lofo is not None else None
     for m in methods:
         make_probe(m)  # validates names early
     if not methods:
@@ -159,13 +186,19 @@ def sweep_layers(
 
     with threadpool_limits(limits=threads):
         records, fitted = _sweep(mats, by_layer, y, g, (tr, va, te), methods, seed, n_boot, n_shuffle, n_random, controls, progress)
-    best_rec = max(records, key=_val_key)
+        if fam is not None:
+            for rec in records:
+                rec["lofo"] = _lofo(fitted[(rec["layer"], rec["method"])], mats[rec["layer"]], y, g, fam, tr, va)
+    picks = {"val": _pick(max(records, key=_val_key))}
+    if fam is not None:
+        picks["lofo"] = _pick(max(records, key=_lofo_key))
+    best_rec = max(records, key=_select_key(select, fam is not None))
     data_hash = dataset_hash or _rows_digest(rows, y_raw)
     for rec in records:  # every fitted probe knows where it reads and how it scored
         fitted[(rec["layer"], rec["method"])].meta_ = {
             "hook": rec["hook"], "layer": rec["layer"], "method": rec["method"],
             "model": info.get("model"), "fingerprint": info.get("fingerprint"),
-            "dataset": dataset, "dataset_hash": data_hash, "classes": [_py(c) for c in classes],
+            "pool": info.get("pool"), "dataset": dataset, "dataset_hash": data_hash, "classes": [_py(c) for c in classes],
             "metrics": {"val": rec["val"], "test": rec["test"], "control": rec["control"]}, "seed": seed,
         }
     probe = fitted[(best_rec["layer"], best_rec["method"])]
@@ -173,13 +206,15 @@ def sweep_layers(
         "layer": best_rec["layer"], "method": best_rec["method"], "hook": best_rec["hook"],
         "val": best_rec["val"], "test": best_rec["test"], "control": best_rec["control"],
     }
+    if fam is not None:
+        best["lofo"] = best_rec["lofo"]
     info = {**info, "n": n, "dataset": dataset, "dataset_hash": data_hash, "n_boot": n_boot,
-            "n_shuffle": n_shuffle, "n_random": n_random, "fractions": list(fractions)}
+            "n_shuffle": n_shuffle, "n_random": n_random, "fractions": list(fractions), "lofo": lofo}
     return LayerSweep(
         hook=hook, layers=tuple(by_layer), methods=tuple(methods), records=tuple(records), best=best,
         probe=probe, split={"train": tr, "val": va, "test": te},
         test_scores=probe.decision_function(mats[best_rec["layer"]][te]), test_labels=y[te], classes=tuple(classes),
-        seed=seed, info=info, fitted=fitted,
+        seed=seed, info=info, fitted=fitted, select=select, picks=picks,
     )
 
 
@@ -218,6 +253,46 @@ def _sweep(mats, by_layer, y, g, split, methods, seed, n_boot, n_shuffle, n_rand
 
 def _val_key(r: dict) -> tuple[float, float]:
     return r["val"]["auroc"], -r["val"]["log_loss"]
+
+
+def _lofo_key(r: dict) -> tuple[float, float, float]:
+    return r["lofo"]["auroc"], r["val"]["auroc"], -r["val"]["log_loss"]
+
+
+def _select_key(select: str, have_lofo: bool):
+    if select == "lofo":
+        if not have_lofo:
+            raise ValueError("this sweep has no leave-one-family-out scores: sweep with lofo=... to select by 'lofo'")
+        return _lofo_key
+    if select != "val":
+        raise ValueError(f"select must be 'val' or 'lofo', got {select!r}")
+    return _val_key
+
+
+def _pick(r: dict) -> dict:
+    out = {"layer": r["layer"], "method": r["method"], "hook": r["hook"], "val_auroc": r["val"]["auroc"],
+           "test_auroc": r["test"]["auroc"]}
+    if "lofo" in r:
+        out["lofo_auroc"], out["lofo_min"] = r["lofo"]["auroc"], r["lofo"]["min"]
+    return out
+
+
+def _lofo(probe, X: np.ndarray, y: np.ndarray, g: np.ndarray, fam: np.ndarray, tr: np.ndarray, va: np.ndarray) -> dict:
+    """Leave-one-family-out AUROC: per family, refit (the probe's hyper-parameters fixed) on the
+    other families' training rows, score that family's training + validation rows."""
+    fixed = {"C": probe.C_} if isinstance(probe, LogisticProbe) else {}
+    seen = np.union1d(tr, va)
+    by_family = {}
+    for f in dict.fromkeys(fam[seen].tolist()):
+        fit_idx, eval_idx = tr[fam[tr] != f], seen[fam[seen] == f]
+        if len(np.unique(y[eval_idx])) < 2 or len(np.unique(y[fit_idx])) < 2:
+            continue
+        held_out = clone(probe).set_params(**fixed).fit(X[fit_idx], y[fit_idx], groups=g[fit_idx])
+        by_family[str(f)] = M.auroc(y[eval_idx], held_out.decision_function(X[eval_idx]))
+    if not by_family:
+        raise ValueError("leave-one-family-out needs at least two families, each holding both classes")
+    aucs = list(by_family.values())
+    return {"auroc": float(np.mean(aucs)), "min": float(np.min(aucs)), "by_family": by_family}
 
 
 # -- evaluation ----------------------------------------------------------------------------------
@@ -266,7 +341,8 @@ def _unpack(acts) -> tuple[dict, list[dict], dict]:
     if hasattr(acts, "hooks") and hasattr(acts, "rows"):
         if getattr(acts, "pool", None) == "all":
             raise ValueError("sweep_layers needs one row per example: capture with pool='last', 'mean' or positions, not 'all'")
-        return {h: acts[h] for h in acts.hooks}, list(acts.rows), dict(acts.info)
+        # the pooling the probes are fitted on, recorded in each probe's meta_
+        return {h: acts[h] for h in acts.hooks}, list(acts.rows), {**acts.info, "pool": getattr(acts, "pool", None)}
     if isinstance(acts, Mapping):
         return dict(acts), [], {}
     raise TypeError(f"acts must be a steerlens Activations or a mapping {{hook: tensor[n, d]}}, got {type(acts).__name__}")
@@ -290,6 +366,17 @@ def _groups(groups, rows: list[dict], n: int) -> np.ndarray:
     if len(g) != n:
         raise ValueError(f"groups has {len(g)} entries but the activations have {n} rows")
     return g
+
+
+def _families(field_name: str, rows: list[dict], n: int) -> np.ndarray:
+    if not isinstance(field_name, str):
+        raise TypeError(f"lofo must be a row field name (e.g. 'family'), got {field_name!r}")
+    if not rows or any(field_name not in r for r in rows):
+        raise ValueError(f"lofo={field_name!r}: every row needs a {field_name!r} field (pass Activations captured with rows=)")
+    fam = np.asarray([str(r[field_name]) for r in rows])
+    if len(set(fam.tolist())) < 2:
+        raise ValueError(f"lofo={field_name!r}: the rows hold one family only ({fam[0]!r}); nothing to hold out")
+    return fam
 
 
 def _matrix(x, name: str, n: int) -> np.ndarray:

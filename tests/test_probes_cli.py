@@ -33,3 +33,25 @@ def test_probe_command_rejects_unlabelled_data(tmp_path):
     res = CliRunner().invoke(app, ["probe", "--dataset", "facts", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and res.stderr.startswith("error: ") and "facts" in res.stderr
     assert "Traceback" not in res.output
+
+
+def test_probe_command_truth_recipe(tmp_path):
+    """``--dataset truth``: affirmations + negations, leave-one-family-out selection, and the
+    transfer table with the neutral-text operating point in the report."""
+    model = steerlens.tiny_model(n_layers=2, d_model=64, seed=0)
+    path = cache_dir() / "tiny" / model.cfg.model_name
+    out = tmp_path / "truth"
+    res = CliRunner().invoke(app, ["probe", "--dataset", "truth", "--model", str(path), "--out", str(out),
+                                   "--methods", "logistic", "--by", "none", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output[res.output.index("{"):])
+    assert summary["select"] == "lofo" and set(summary["picks"]) == {"val", "lofo"}
+    assert summary["best"]["layer"] == summary["picks"]["lofo"]["layer"]
+    t = summary["transfer"]
+    assert {r["dataset"] for r in t["rows"]} == {"truthfulness", "negations", "arithmetic"} and t["n_control"] == 16
+    report = json.loads((out / "report.json").read_text())
+    assert report["sweep"]["info"]["n"] == 1744 and report["sweep"]["info"]["lofo"] == "family"
+    assert "neutral FPR" in (out / "report.html").read_text()
+    bad = CliRunner().invoke(app, ["probe", "--dataset", "truthfulness", "--select", "lofo", "--model", str(path),
+                                   "--out", str(tmp_path / "x"), "--no-progress"])
+    assert bad.exit_code == 2 and "--select" in bad.stderr

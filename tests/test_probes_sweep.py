@@ -72,6 +72,9 @@ def test_split_is_grouped_and_probe_fitted_on_train_only(result):
     meta = result.probe.meta_
     assert meta["layer"] == 2 and meta["hook"] == "blocks.2.hook_resid_post" and meta["fingerprint"] == "0" * 16
     assert meta["dataset"] == "synthetic" and len(meta["dataset_hash"]) == 16
+    # every probe records the pooling it was fitted on (the activations' own, not their info's)
+    assert meta["pool"] == "last" and result.info["pool"] == "last"
+    assert all(p.meta_["pool"] == "last" for p in result.fitted.values())
     np.testing.assert_allclose(result.test_scores, result.probe.decision_function(X[te]))
 
 
@@ -162,3 +165,83 @@ def test_plots_and_report(result, tmp_path):
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["probe.safetensors", "report.html", "report.json"]
     with pytest.raises(TypeError, match="result first"):
         write_report(tmp_path / "rep", result)  # the old argument order
+
+
+def family_specific(n=360, d=24, seed=0, families=("a", "b", "c")):
+    """Layer 0: one weak direction shared by every family; layer 1: a strong direction of each
+    family's own. Validation (in-distribution) prefers layer 1; holding a family out, only
+    layer 0's shared direction transfers."""
+    rng = np.random.default_rng(seed)
+    y = np.tile([0, 1], n // 2)
+    groups = np.repeat(np.arange(n // 2), 2)
+    fam = np.array([families[g % len(families)] for g in groups])
+    shared = np.eye(d)[0]
+    own = {f: np.eye(d)[1 + k] for k, f in enumerate(families)}
+    X0 = rng.standard_normal((n, d)) + np.outer(y - 0.5, shared) * 2.0
+    X1 = rng.standard_normal((n, d)) + np.stack([own[f] for f in fam]) * (y - 0.5)[:, None] * 6.0
+    tensors = {"blocks.0.hook_resid_post": torch.tensor(X0, dtype=torch.float32),
+               "blocks.1.hook_resid_post": torch.tensor(X1, dtype=torch.float32)}
+    rows = [{"prompt": f"p{i}", "label": int(y[i]), "group": f"g{groups[i]}", "family": str(fam[i])} for i in range(n)]
+    return Activations(tensors, rows, lengths=[1] * n, pool="last", info={"model": "synthetic"})
+
+
+def test_leave_one_family_out_selection_rewards_transfer():
+    acts = family_specific()
+    by_val = sweep_layers(acts, methods=["logistic"], seed=0, n_boot=0, controls=False, lofo="family")
+    by_lofo = sweep_layers(acts, methods=["logistic"], seed=0, n_boot=0, controls=False, lofo="family", select="lofo")
+    # both criteria are computed and shown either way; each picks its own layer
+    assert by_val.picks["val"]["layer"] == by_lofo.picks["val"]["layer"] == 1
+    assert by_val.picks["lofo"]["layer"] == by_lofo.picks["lofo"]["layer"] == 0
+    assert by_val.best["layer"] == 1 and by_lofo.best["layer"] == 0 and by_lofo.probe.meta_["layer"] == 0
+    assert by_lofo.best_for("logistic")["layer"] == 0 and by_lofo.best_for("logistic", "val")["layer"] == 1
+    rec = {r["layer"]: r for r in by_lofo.records}
+    assert set(rec[0]["lofo"]["by_family"]) == {"a", "b", "c"}
+    assert rec[0]["lofo"]["min"] > 0.75 and rec[1]["lofo"]["auroc"] < 0.72  # layer 1 transfers far less
+    assert rec[0]["lofo"]["auroc"] == pytest.approx(np.mean(list(rec[0]["lofo"]["by_family"].values())))
+    assert by_lofo.select == "lofo" and by_lofo.info["lofo"] == "family"
+    assert json.loads(json.dumps(by_lofo.to_dict()))["picks"]["lofo"]["layer"] == 0
+    assert "lofo" not in by_val.records[0] or by_val.records[0]["lofo"]  # computed whenever lofo= is given
+
+
+def test_leave_one_family_out_never_reads_the_test_split(monkeypatch):
+    """The held-out family is scored on its training + validation rows only, with a probe
+    fitted on the other families' training rows."""
+    import probes.sweep as S
+
+    acts = family_specific()
+    seen = []
+    real = S._lofo
+
+    def spy(probe, X, y, g, fam, tr, va):
+        seen.append((set(tr.tolist()), set(va.tolist())))
+        return real(probe, X, y, g, fam, tr, va)
+
+    monkeypatch.setattr(S, "_lofo", spy)
+    res = sweep_layers(acts, methods=["mean_diff"], seed=0, n_boot=0, controls=False, lofo="family")
+    te = set(res.split["test"].tolist())
+    assert seen and all(not (tr | va) & te for tr, va in seen)
+
+
+def test_leave_one_family_out_bad_input():
+    acts = family_specific(n=120)
+    with pytest.raises(ValueError, match="select='lofo' needs lofo"):
+        sweep_layers(acts, select="lofo")
+    with pytest.raises(ValueError, match="select must be"):
+        sweep_layers(acts, select="test")
+    with pytest.raises(ValueError, match="'topic' field"):
+        sweep_layers(acts, lofo="topic")
+    with pytest.raises(ValueError, match="one family only"):
+        sweep_layers(synthetic(n=40, families=("a",)), lofo="family")
+    res = sweep_layers(acts, methods=["mean_diff"], n_boot=0, controls=False)
+    assert set(res.picks) == {"val"}
+    with pytest.raises(ValueError, match="lofo="):
+        res.best_for("mean_diff", "lofo")
+
+
+def test_report_shows_both_layer_choices(tmp_path):
+    acts = family_specific()
+    res = sweep_layers(acts, methods=["logistic"], seed=0, n_boot=0, controls=False, lofo="family", select="lofo")
+    page = write_report(res, tmp_path / "rep").read_text()
+    assert "leave-one-family-out" in page and "LOFO AUROC (mean)" in page
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert data["sweep"]["picks"]["val"]["layer"] == 1 and data["sweep"]["picks"]["lofo"]["layer"] == 0

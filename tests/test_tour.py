@@ -18,7 +18,7 @@ def test_tour_writes_one_report_and_leaves_the_model_as_it_was(tiny, tmp_path):
     hooks = count_hooks(tiny)
     path = run_tour(tiny, tmp_path / "tour", n_facts=2, n_tokens=2_000, new_tokens=6, progress=False)
     summary = json.loads((tmp_path / "tour" / "tour.json").read_text())
-    assert summary["probes"]["n"] == 872 and len(summary["probes"]["test_auroc_by_layer"]) == tiny.cfg.n_layers
+    assert summary["probes"]["n"] == 1744 and summary["probes"]["dataset"] == "truth" and len(summary["probes"]["test_auroc_by_layer"]) == tiny.cfg.n_layers
     assert summary["steer"]["coeff"] > 0 and len(summary["steer"]["generations"]) == 4
     assert len(summary["editing"]["edits"]) == 2 and summary["editing"]["n_tokens"] == 2_000
     page = path.read_text()

@@ -476,8 +476,11 @@ def probe(
     dtype: Optional[str] = DTYPE,
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Sweep probes over every layer of a dataset: report.html, report.json and probe.safetensors in --out."""
-    from probes import generalization_matrix, labelled_rows, sweep_layers, write_report
+    """Sweep probes over every layer of a dataset: report.html, report.json and probe.safetensors in --out.
+    For truth datasets the report adds the chosen probe's transfer (per dataset and family, flagged when read
+    backwards) and its operating point at 1% FPR on neutral sentences."""
+    from probes import generalization_matrix, labelled_rows, sweep_layers, transfer_report, write_report
+    from probes.datasets import TRUTH_FAMILIES, dataset_names
     from steerlens import data
     from steerlens.capturing import capture as run_capture
     from steerlens.models import load_model
@@ -490,22 +493,44 @@ def probe(
         raise typer.BadParameter(str(e)) from None
     rows = rows[:limit] if limit else rows
     out = out or Path("runs") / f"probe-{dataset}"
+    lofo = ("family" if dataset == "truth" else None) if lofo is None else (None if lofo == "none" else lofo)
+    select = select or ("lofo" if lofo else "val")
+    if select not in ("val", "lofo") or (select == "lofo" and not lofo):
+        raise typer.BadParameter(f"--select takes 'val' or 'lofo' (which needs --lofo), got {select!r}")
     m = load_model(model, device=device, dtype=dtype)
     acts = run_capture(m, [r["prompt"] for r in rows], hook, layers=_layers(layers), pool=pool, rows=rows,
                        batch_size=batch_size, progress=progress)
-    result = sweep_layers(acts, methods=[x.strip() for x in methods.split(",") if x.strip()], hook=hook, seed=seed,
-                          dataset=dataset, dataset_hash=data.digest(dataset), progress=progress)
+    try:
+        result = sweep_layers(acts, methods=[x.strip() for x in methods.split(",") if x.strip()], hook=hook, seed=seed,
+                              dataset=dataset, dataset_hash=data.digest(dataset) if dataset in data.names() else None,
+                              lofo=lofo, select=select, progress=progress)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    transfer = None
+    if set(dataset_names(dataset)) <= set(TRUTH_FAMILIES):  # a truth probe: report its transfer
+        from steerlens.neutral import NEUTRAL_TEXTS
+
+        others = {}
+        for name in TRUTH_FAMILIES:
+            if name not in dataset_names(dataset):
+                o = labelled_rows(name)
+                others[name] = run_capture(m, [r["prompt"] for r in o], result.best["hook"], pool=pool, rows=o,
+                                           batch_size=batch_size, progress=progress)
+        control = run_capture(m, list(NEUTRAL_TEXTS), result.best["hook"], pool=pool, batch_size=batch_size, progress=progress)
+        transfer = transfer_report(result, acts, others=others, control=control)
     by = ("family" if all("family" in r for r in rows) else None) if by is None else (None if by == "none" else by)
     gen = None
     if by and len({str(r.get(by)) for r in rows}) > 1:
         gen = generalization_matrix(acts, by=by, layer=result.best["layer"], hook=hook, method=result.best["method"], seed=seed)
-    page = write_report(result, out, generalization=gen, acts=acts)
+    page = write_report(result, out, generalization=gen, transfer=transfer, acts=acts)
     b = result.best
     typer.echo(json.dumps({
         "out": {"html": str(page), "json": str(out / "report.json"), "probe": str(out / "probe.safetensors")},
         "best": {"layer": b["layer"], "method": b["method"], "hook": b["hook"]},
         "val_auroc": b["val"]["auroc"], "test": {k: b["test"][k] for k in ("auroc", "auroc_ci", "accuracy", "tpr_at_1pct_fpr", "ece")},
         "control": b["control"], "generalization": gen.to_dict() if gen is not None else None,
+        "select": result.select, "picks": result.picks,
+        "transfer": transfer.to_dict() if transfer is not None else None,
     }, indent=1))
 
 

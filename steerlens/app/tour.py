@@ -29,7 +29,8 @@ def run_tour(
     new_tokens: int = 20,
     progress: bool = True,
 ) -> Path:
-    """Capture the shipped ``truthfulness`` statements at every layer and sweep probes over them;
+    """Capture the shipped ``truthfulness`` statements and their ``negations`` at every layer and
+    sweep probes over them (the truth recipe: layer and method chosen by leave-one-family-out AUROC);
     compute a ``sentiment`` steering vector, calibrate its coefficient to a KL budget of 0.1 nats
     and generate with and without it; trace and edit ``n_facts`` shipped facts, one relation at a
     time (ROME, key statistics from ``n_tokens`` of the shipped datasets' text), evaluated before
@@ -59,11 +60,11 @@ def run_tour(
 
     # 1-2. capture + probes
     t = time.perf_counter()
-    rows = probes.labelled_rows("truthfulness")
+    rows = probes.labelled_rows("truth")  # the truth recipe: affirmations + their negations, groups kept
     acts = capture(model, [r["prompt"] for r in rows], "resid_post", rows=rows, batch_size=32, progress=progress)
-    sweep = probes.sweep_layers(acts, seed=0, dataset="truthfulness", progress=progress)
+    sweep = probes.sweep_layers(acts, seed=0, dataset="truth", lofo="family", select="lofo", progress=progress)
     b = sweep.best
-    summary["probes"] = {"dataset": "truthfulness", "n": len(rows), "best_layer": b["layer"], "method": b["method"],
+    summary["probes"] = {"dataset": "truth", "n": len(rows), "best_layer": b["layer"], "method": b["method"],
                          "test_auroc": b["test"]["auroc"], "test_auroc_ci": b["test"].get("auroc_ci"),
                          "test_auroc_by_layer": [float(x) for x in sweep.curve("auroc", "test", b["method"])]}
     figs["probes"] = [plots.layer_curves(sweep), plots.score_histogram(sweep)]
@@ -112,9 +113,9 @@ def _page(s: dict, figs: dict[str, list]):
     secs = ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items())
     page.paragraph(f"{m['n_layers']} layers, d_model {m['d_model']}, fingerprint {m['fingerprint']}. Time: {secs}.")
 
-    page.section("Capture and probes: truthfulness")
+    page.section("Capture and probes: truthfulness + negations")
     ci = p["test_auroc_ci"]
-    page.paragraph(f"{p['n']} statements; chosen on validation: ", bold(p["method"]), " at layer ",
+    page.paragraph(f"{p['n']} statements and negations; chosen by leave-one-family-out AUROC: ", bold(p["method"]), " at layer ",
                    bold(p["best_layer"]), ", test AUROC ", bold(f"{p['test_auroc']:.3f}"),
                    f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "", ".")
     for f in figs.get("probes", []):
