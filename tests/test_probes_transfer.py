@@ -109,3 +109,12 @@ def test_bad_input(swept):
     other.rows[0]["label"] = 7
     with pytest.raises(ValueError, match="outside the probe's classes"):
         transfer_report(res, acts, others={"o": other})
+
+
+def test_truth_recipe_in_one_call(tiny):
+    from probes.transfer import truth_recipe
+
+    result, rep = truth_recipe(tiny, layers=[1], methods=["mean_diff"], n_boot=0, controls=False)
+    assert result.info["n"] == 1744 and result.select == "lofo" and result.info["lofo"] == "family"
+    assert {r["dataset"] for r in rep.rows} == {"truthfulness", "negations", "arithmetic"} and rep.n_control == 16
+    assert rep.layer == 1 and set(rep.picks) == {"val", "lofo"}
