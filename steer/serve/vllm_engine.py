@@ -43,6 +43,12 @@ def steering_payload(model: "TransformerBridge", entries: tuple) -> list[dict[st
     return out
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class VLLMEngine:
     """The ``Engine`` interface on vLLM's ``AsyncLLM`` (its own event loop in a thread)."""
 
@@ -57,6 +63,9 @@ class VLLMEngine:
                                   max_num_seqs=max_batch, tensor_parallel_size=tensor_parallel_size,
                                   max_model_len=max_model_len or min(int(model.cfg.n_ctx), 4096),
                                   worker_extension_cls="steer.serve.vllm_worker.SteeringWorker", **engine_kwargs)
+        if not _has_cuda() and "gpu_memory_utilization" not in engine_kwargs:
+            # on CPU vLLM reserves 92% of the NUMA node's RAM by default; a fixed KV cache instead
+            self.engine_kwargs.setdefault("kv_cache_memory_bytes", 1 << 30)
         self.stats = {"admitted": 0, "joined": 0, "cancelled": 0, "forwards": 0, "max_rows": 0}
         self._inflight = 0
         self._lock = threading.Lock()
