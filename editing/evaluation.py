@@ -1,7 +1,7 @@
 """Before/after evaluation of edits with ROME's CounterFact metrics (Meng et al. 2022, §3.2 and
 appendix): efficacy, paraphrase and neighbourhood scores and magnitudes, generation fluency
-(n-gram entropy), perplexity and KL on neutral text, and for erasure the true object's
-probability and rank."""
+(n-gram entropy), perplexity and KL on neutral text (``steerlens.neutral``, the same texts, forward
+and formulas as steering's cost), and for erasure the true object's probability and rank."""
 
 from __future__ import annotations
 
@@ -19,21 +19,12 @@ import torch
 from editing import sites
 from editing.prompts import encode_target, sample, score_targets
 from editing.rome import Mode, Request, RomeConfig, check_context, edit
-from steerlens.forward import final_hidden, logits_at
 from steerlens.models import fingerprint, model_name
-from steerlens.tokens import encode, pad, pad_id
+from steerlens.neutral import NEUTRAL_TEXTS, kl, next_token_logprobs, next_tokens, perplexity
+from steerlens.tokens import encode
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
-
-#: neutral text for perplexity and KL (unrelated to any shipped fact)
-NEUTRAL_TEXTS = (
-    "The weather was mild for the season, and most people spent the afternoon outside.",
-    "To make a simple bread, mix flour, water, salt and yeast, then let the dough rest for an hour.",
-    "She opened the window, sat down at her desk and started writing a letter to an old friend.",
-    "Many small towns have a weekly market where farmers sell vegetables, cheese and fresh eggs.",
-)
-
 
 @dataclass(frozen=True)
 class FactMetrics:
@@ -182,27 +173,6 @@ def fact_metrics(model: "TransformerBridge", requests: Sequence[Request], *, flu
     return out
 
 
-@torch.no_grad()
-def neutral_logprobs(model: "TransformerBridge", texts: Sequence[str] = NEUTRAL_TEXTS) -> torch.Tensor:
-    """Next-token log-probabilities at every real position of ``texts`` ``[n_tokens, vocab]``,
-    the last row of each text ending the text (so ``n_tokens`` = Σ(len − 1))."""
-    rows = [encode(model, t) for t in texts]
-    ids, mask = pad(rows, pad_id(model))
-    hidden = final_hidden(model, ids, mask)
-    return torch.cat([logits_at(model, hidden[i, : len(r) - 1]).log_softmax(-1).cpu() for i, r in enumerate(rows)])
-
-
-def neutral_metrics(model, texts, reference: torch.Tensor | None) -> tuple[float, float | None, torch.Tensor]:
-    """Perplexity of ``texts`` and KL(reference ‖ model) per token."""
-    lp = neutral_logprobs(model, texts)
-    nxt = torch.cat([torch.tensor(encode(model, t)[1:]) for t in texts])
-    ppl = float(torch.exp(-lp.gather(-1, nxt[:, None]).mean()))
-    kl = None
-    if reference is not None:
-        kl = float(torch.nn.functional.kl_div(lp, reference, log_target=True, reduction="batchmean"))
-    return ppl, kl, lp
-
-
 def fluency(model, prompts: Sequence[str], *, samples: int, tokens: int, seed: int) -> dict[str, float]:
     """Mean ``n_gram_entropy`` of ``samples`` sampled (top-5, as ROME) continuations per prompt."""
     if tokens <= 0 or samples <= 0:
@@ -230,8 +200,9 @@ def evaluate(
     check_lengths(model, requests, fluency_tokens=fluency_tokens if fluency_samples > 0 else 0, neutral_texts=neutral_texts)
     flu = fluency(model, [r.prompt for r in requests], samples=fluency_samples, tokens=fluency_tokens, seed=seed)
     facts = fact_metrics(model, requests, fluency=flu or None)
-    ppl, kl, lp = neutral_metrics(model, neutral_texts, reference)
-    return Evaluation(tuple(facts), ppl, kl), lp
+    lp = next_token_logprobs(model, neutral_texts)
+    ppl = perplexity(lp, next_tokens(model, neutral_texts))
+    return Evaluation(tuple(facts), ppl, None if reference is None else kl(reference, lp)), lp
 
 
 def evaluate_edits(

@@ -2,8 +2,10 @@
 coefficient, with a random same-norm control) and ``calibrate`` (the largest coefficient within
 a KL / perplexity budget on neutral text).
 
-Cost is measured on neutral text with steering at every real position: KL(p_base ‖ p_steered)
-of the next-token distributions, averaged over positions, and the perplexity of the text.
+Cost is measured on neutral text (``steerlens.neutral.NEUTRAL_TEXTS`` by default) with steering
+at every real position: KL(p_base ‖ p_steered) of the next-token distributions, averaged over the
+positions that have a next token, and the perplexity of the text (``steerlens.neutral``: the same
+forward and formulas as ``editing``'s perplexity and KL).
 """
 
 from __future__ import annotations
@@ -22,25 +24,10 @@ from steer.inputs import Positions, Site
 from steer.operators import Op
 from steer.vector import SteeringVector
 from steerlens.hooks import hook_kind
+from steerlens.neutral import NEUTRAL_TEXTS, kl, next_token_logprobs, next_tokens, perplexity
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
-
-#: short, plain sentences without sentiment, for measuring what steering costs
-NEUTRAL_TEXTS: tuple[str, ...] = (
-    "The library opens at nine in the morning and closes at six in the evening.",
-    "Water boils at one hundred degrees Celsius at sea level.",
-    "The train to the city leaves from the second platform every half hour.",
-    "Most houses on the street have two floors and a small garden at the back.",
-    "The report lists the number of visitors for each month of the year.",
-    "Paris is the capital of France and lies on the river Seine.",
-    "The meeting was moved from Tuesday to Thursday afternoon.",
-    "A week has seven days and a year usually has three hundred and sixty-five.",
-    "The recipe uses flour, sugar, two eggs and a cup of milk.",
-    "He parked the car in front of the building and walked to the entrance.",
-    "The museum has a collection of maps from the eighteenth century.",
-    "Each chapter of the manual describes one part of the machine.",
-)
 
 #: neutral openings for generation
 NEUTRAL_OPENINGS: tuple[str, ...] = (
@@ -86,7 +73,7 @@ Behaviour = Callable[[list[str]], Sequence[float]] | LogitDiff | ProbeScore | No
 
 @dataclass(frozen=True)
 class Cost:
-    kl: float  # mean KL(p_base ‖ p_steered) per position, nats
+    kl: float  # mean KL(p_base ‖ p_steered) per position with a next token, nats
     ppl: float
     ppl_ratio: float  # ppl / unsteered ppl
 
@@ -122,54 +109,22 @@ class SteeringSweep:
 
 # -- cost ---------------------------------------------------------------------------------------
 class _Baseline:
-    """Unsteered next-token log-probs on the neutral texts, computed once per sweep/calibration."""
+    """Unsteered next-token log-probs on the neutral texts (``steerlens.neutral``), computed once
+    per sweep/calibration; ``cost`` runs the same forward under steering."""
 
     def __init__(self, model, texts: Sequence[str], batch_size: int):
-        from steerlens.tokens import check_prompts, tokenize
-
-        self.model = model
-        texts = check_prompts(list(texts))
-        device = next(model.parameters()).device
-        self.batches = []
-        for i in range(0, len(texts), batch_size):
-            ids, mask, _ = tokenize(model, texts[i : i + batch_size], padding_side="right")
-            self.batches.append((ids.to(device), mask.to(device)))
-        self.logp = [self._logp(ids, mask) for ids, mask in self.batches]
-        self.ppl = self._ppl(self.logp)
-
-    def _logp(self, ids, mask) -> torch.Tensor:
-        with torch.inference_mode():
-            logits = self.model(ids, attention_mask=mask, return_type="logits")
-        return torch.log_softmax(logits.float(), -1)[mask.bool()]  # [real positions, vocab]
-
-    def _ppl(self, logps) -> float:
-        nll, n = 0.0, 0
-        for logp, (ids, mask) in zip(logps, self.batches):
-            # next-token targets: within each row, real position t predicts real token t + 1
-            m = mask.bool()
-            lengths = m.sum(-1).tolist()
-            targets, rows, offset = [], [], 0
-            for r, length in enumerate(lengths):
-                rows.extend(range(offset, offset + length - 1))
-                targets.extend(ids[r, 1:length].tolist())
-                offset += length
-            if rows:
-                nll -= float(logp[rows, targets].sum())
-                n += len(rows)
-        return math.exp(nll / max(n, 1))
+        self.model, self.texts, self.batch_size = model, list(texts), batch_size
+        self.targets = next_tokens(model, self.texts)
+        self.logp = next_token_logprobs(model, self.texts, batch_size=batch_size)
+        self.ppl = perplexity(self.logp, self.targets)
 
     def cost(self, steering: Steering | None) -> Cost:
         if steering is None:
             return Cost(0.0, self.ppl, 1.0)
-        kl_sum, n, logps = 0.0, 0, []
         with steering:
-            for (ids, mask), base in zip(self.batches, self.logp):
-                logp = self._logp(ids, mask)
-                kl_sum += float((base.exp() * (base - logp)).sum())
-                n += base.shape[0]
-                logps.append(logp)
-        ppl = self._ppl(logps)
-        return Cost(kl_sum / max(n, 1), ppl, ppl / self.ppl)
+            logp = next_token_logprobs(self.model, self.texts, batch_size=self.batch_size)
+        ppl = perplexity(logp, self.targets)
+        return Cost(kl(self.logp, logp), ppl, ppl / self.ppl)
 
 
 def steering_cost(model: "TransformerBridge", vector: SteeringVector, coeff: float, *,

@@ -26,7 +26,8 @@ PAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "core": (
         ("steerlens.load_model", "steerlens.tiny_model", "steerlens.capture", "steerlens.Activations",
          "steerlens.token_span", "steerlens.data", "steerlens.hooks", "steerlens.steps.intervene",
-         "steerlens.steps.Step", "steerlens.generation", "steerlens.generation.generate_tokens"),
+         "steerlens.steps.Step", "steerlens.generation", "steerlens.generation.generate_tokens",
+         "steerlens.neutral.next_token_logprobs", "steerlens.neutral.perplexity", "steerlens.neutral.kl"),
         ("load_model(spec", "tiny_model(n_layers", "capture(model", "intervene(model"),
     ),
     "probes": (

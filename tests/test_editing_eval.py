@@ -105,6 +105,27 @@ def test_evaluate_unedited(tiny):
     assert {"efficacy", "paraphrase", "neighbourhood", "fluency", "perplexity", "kl", "true_in_top10"} <= set(s)
 
 
+def test_neutral_perplexity_and_kl_are_the_ones_steering_reports(tiny):
+    """Editing and steering measure neutral text with the one core forward (steerlens.neutral):
+    same default texts, same perplexity, and the same KL for the same change of the model."""
+    import editing.evaluation
+    import steer
+    import steer.evaluate
+    from steer.vector import SteeringVector
+    from steerlens import neutral
+
+    assert steer.evaluate.NEUTRAL_TEXTS is neutral.NEUTRAL_TEXTS is editing.evaluation.NEUTRAL_TEXTS
+    texts = ["the cat sat on the mat.", "a b c d e f g", "hello world, this is a test"]
+    ev, ref = evaluate(tiny, REQS, neutral_texts=texts, fluency_tokens=0)
+    vec = SteeringVector({1: torch.ones(tiny.cfg.d_model) / tiny.cfg.d_model ** 0.5}, method="test")
+    cost = steer.evaluate.steering_cost(tiny, vec, 2.0, texts=texts)
+    with steer.apply(tiny, vec, coeff=2.0):
+        steered, _ = evaluate(tiny, REQS, reference=ref, neutral_texts=texts, fluency_tokens=0)
+    assert steered.perplexity == pytest.approx(cost.ppl, rel=1e-6)
+    assert steered.perplexity / ev.perplexity == pytest.approx(cost.ppl_ratio, rel=1e-6)
+    assert steered.kl == pytest.approx(cost.kl, rel=1e-5) and cost.kl > 0
+
+
 @pytest.mark.parametrize("mode, stacked", [("rewrite", False), ("rewrite", True), ("erase", False)])
 def test_evaluate_edits_restores_weights_and_reports(tiny, tmp_path, mode, stacked):
     stats = key_statistics(tiny, 1, corpus=CORPUS, n_tokens=400, cache=False, progress=False)
