@@ -4,7 +4,12 @@
    CIs, on truthfulness activations captured beforehand; per layer and per method.
 2. Generalisation (reported whatever it shows): the logistic probe trained per family and tested
    on every other family (matrix), and the best truthfulness probe scored on the `negations`
-   and `arithmetic` datasets.
+   and `arithmetic` datasets. Then the transfer table of the old and the new truth recipe side
+   by side (`probes.transfer_report`): old = trained on `truthfulness` alone, layer and method
+   chosen on validation; new = trained on `truthfulness` + `negations` (`labelled_rows("truth")`,
+   groups kept), chosen by leave-one-family-out AUROC. AUROC per dataset and family on held-out
+   rows (test split; `arithmetic` never trained on), and the share of false / true statements
+   flagged at 1% FPR on the neutral control sentences (`steerlens.neutral.NEUTRAL_TEXTS`).
 3. Monitor cost: greedy generation tokens/s (KV cache on) with and without a ProbeMonitor (one
    probe per method, each at its own best layer), measured in the same run after a warm-up, as
    paired runs on the same prompt in alternating order; median of the paired ratios.
@@ -12,6 +17,7 @@
 
     python benchmarks/bench_probes.py            # full
     python benchmarks/bench_probes.py --quick    # fewer generation repeats
+    python benchmarks/bench_probes.py --transfer-only   # just the old/new recipe transfer table
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ def main() -> None:
     ap.add_argument("--blas-threads", type=int, default=1, help="BLAS threads during the sweep (sweep_layers' threads=).")
     ap.add_argument("--repeats", type=int, default=None, help="Paired generations (default 30, quick 6).")
     ap.add_argument("--new-tokens", type=int, default=None, help="Tokens per generation (default 24, quick 12).")
+    ap.add_argument("--transfer-only", action="store_true", help="Only the old/new truth recipe transfer table.")
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "out" / "probes.json", help="Where to write the figures.")
     args = ap.parse_args()
     repeats = args.repeats or (6 if args.quick else 30)
@@ -54,6 +61,13 @@ def main() -> None:
     model = steerlens.load_model()
     model("warm up")
     load_s = time.perf_counter() - t0
+
+    if args.transfer_only:
+        table = _recipes(model, args.blas_threads)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.with_name("probes_transfer.json").write_text(json.dumps(table, indent=1))
+        print(f"figures written to {args.json.with_name('probes_transfer.json')}")
+        return
 
     rows = labelled_rows(args.dataset)
     t0 = time.perf_counter()
@@ -81,6 +95,8 @@ def main() -> None:
             other = labelled_rows(name)
             xa = steerlens.capture(model, [r["prompt"] for r in other], logistic["hook"], rows=other, batch_size=32, progress=False)
             transfer[name] = auroc(xa.labels, probe.decision_function(xa[logistic["hook"]]))
+
+    recipes = _recipes(model, args.blas_threads) if args.dataset == "truthfulness" else None
 
     # -- monitor cost ------------------------------------------------------------------------------
     monitored = {m: result.probe_at(method=m) for m in result.methods}  # each at its own best layer
@@ -118,6 +134,7 @@ def main() -> None:
                                "test_auroc_ci": logistic["test"].get("auroc_ci")}},
         "generalization": {"layer": logistic["layer"], "domains": list(gen.domains), "auroc": gen.auroc.tolist(),
                            "transfer_auroc": transfer},
+        "recipes": recipes,
         "monitor": {"probes": len(monitored), "new_tokens": new_tokens, "prompts": len(prompts), "repeats": repeats,
                     "plain_tok_s_median": statistics.median(plain), "monitored_tok_s_median": statistics.median(mon),
                     "ratio_median": statistics.median(ratios), "ratio_iqr": _iqr(ratios),
@@ -147,6 +164,66 @@ def main() -> None:
     step_us = 1e6 / mo["plain_tok_s_median"]
     print(f"monitor hooks alone: {hook_us:.0f} us per token ({100 * hook_us / step_us:.2f}% of a {step_us / 1e3:.0f} ms decode step)")
     print(f"figures written to {args.json}")
+
+
+def _recipes(model, blas_threads: int) -> dict:
+    """The old and the new truth recipe's transfer reports, printed side by side."""
+    import steerlens
+    from probes import labelled_rows, sweep_layers, transfer_report
+    from steerlens.neutral import NEUTRAL_TEXTS
+
+    def grab(rows):
+        return steerlens.capture(model, [r["prompt"] for r in rows], "resid_post", rows=rows, batch_size=32, progress=False)
+
+    t0 = time.perf_counter()
+    truth = grab(labelled_rows("truth"))
+    n_aff = sum(r["dataset"] == "truthfulness" for r in truth.rows)
+    affirm = steerlens.Activations({h: truth[h][:n_aff] for h in truth.hooks}, truth.rows[:n_aff],
+                                   lengths=truth.lengths[:n_aff], pool=truth.pool, info=truth.info)
+    negations = steerlens.Activations({h: truth[h][n_aff:] for h in truth.hooks}, truth.rows[n_aff:],
+                                      lengths=truth.lengths[n_aff:], pool=truth.pool, info=truth.info)
+    arithmetic = grab(labelled_rows("arithmetic"))
+    control = steerlens.capture(model, list(NEUTRAL_TEXTS), "resid_post", batch_size=32, progress=False)
+    capture_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    old = sweep_layers(affirm, seed=0, dataset="truthfulness", lofo="family", select="val", threads=blas_threads)
+    new = sweep_layers(truth, seed=0, dataset="truth", lofo="family", select="lofo", threads=blas_threads)
+    sweep_s = time.perf_counter() - t0
+    reports = {
+        "old": transfer_report(old, affirm, others={"negations": negations, "arithmetic": arithmetic}, control=control),
+        "new": transfer_report(new, truth, others={"arithmetic": arithmetic}, control=control),
+    }
+    print(f"\ntruth recipes (capture {capture_s:.0f} s, two sweeps with leave-one-family-out {sweep_s:.0f} s):")
+    for name, res in (("old", old), ("new", new)):
+        p = res.picks
+        print(f"{name}: picks by validation {p['val']['method']}@{p['val']['layer']} (val {p['val']['val_auroc']:.3f}, "
+              f"LOFO {p['val']['lofo_auroc']:.3f}), by leave-one-family-out {p['lofo']['method']}@{p['lofo']['layer']} "
+              f"(val {p['lofo']['val_auroc']:.3f}, LOFO {p['lofo']['lofo_auroc']:.3f}); chosen: {res.select}")
+    for name, res in (("old", old), ("new", new)):
+        by = res.best["lofo"]["by_family"]
+        print(f"{name}: leave-one-family-out AUROC of the chosen (method, layer): "
+              + ", ".join(f"{f} {v:.3f}" for f, v in sorted(by.items())))
+    o, n = reports["old"], reports["new"]
+    keys = [(r["dataset"], r["family"]) for r in o.rows]
+    newrows = {(r["dataset"], r["family"]): r for r in n.rows}
+    print(f"| dataset | family | n (old/new) | AUROC old: {o.method}@{o.layer}, truthfulness | "
+          f"AUROC new: {n.method}@{n.layer}, truth + negations | false flagged at 1% neutral FPR old / new | "
+          "true flagged old / new |")
+    print("|---|---|---|---|---|---|---|")
+
+    def cell(r):
+        return "" if r is None else f"{r['auroc']:.3f}" + (" **backwards**" if r["backwards"] else "")
+
+    for key in keys:
+        a, b = next(r for r in o.rows if (r["dataset"], r["family"]) == key), newrows.get(key)
+        print(f"| {key[0]} | {key[1]} | {a['n']}/{b['n'] if b else '-'} | {cell(a)} | {cell(b)} | "
+              f"{a['neg_at_fpr']:.2f} / {b['neg_at_fpr'] if b else float('nan'):.2f} | "
+              f"{a['pos_at_fpr']:.2f} / {b['pos_at_fpr'] if b else float('nan'):.2f} |")
+    print(f"(negations: old = every row, never trained on; new = its test split. {o.n_control} neutral sentences set "
+          "the 1% FPR thresholds: with fewer than 100, beyond every neutral score)")
+    return {"capture_s": capture_s, "sweep_s": sweep_s,
+            "old": {"picks": old.picks, "select": old.select, "lofo": old.best["lofo"], "transfer": o.to_dict()},
+            "new": {"picks": new.picks, "select": new.select, "lofo": new.best["lofo"], "transfer": n.to_dict()}}
 
 
 def _iqr(values: list[float]) -> list[float]:
