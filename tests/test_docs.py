@@ -43,6 +43,11 @@ PAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
          "steer.operators.ablate", "steer.operators.leace"),
         ("apply(model", "generate(model", "fit_eraser(acts"),
     ),
+    "serve": (
+        ("steer.serve.build", "steer.serve.Server", "steer.serve.serve", "steer.serve.Engine", "steer.serve.Limits",
+         "steerlens.kvcache"),
+        ("build(model", "serve(model"),
+    ),
     "editing": (
         ("editing.causal_trace", "editing.edit", "editing.erase", "editing.edited", "editing.EditHandle",
          "editing.RomeConfig", "editing.rank_one_update", "editing.key_statistics", "editing.evaluate_edits",
