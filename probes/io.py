@@ -1,5 +1,5 @@
 """Probe files: safetensors (coefficients, direction, standardisation) + JSON metadata (model
-fingerprint, hook, layer, method, dataset hash, metrics), written atomically."""
+fingerprint, hook, layer, pooling, method, dataset hash, metrics), written atomically."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ _CLASSES: Check = (lambda v: isinstance(v, list) and len(v) == 2 and all(isinsta
 #: metadata checked on load
 _FIELDS: dict[str, Check] = {
     "method": STR, "params": DICT, "classes": _CLASSES, "width": POS_INT, "fitted": DICT, "hook": OPT_STR,
-    "layer": OPT_INT, "model": OPT_STR, "fingerprint": OPT_STR, "dataset": OPT_STR, "dataset_hash": OPT_STR,
+    "layer": OPT_INT, "pool": OPT_STR, "model": OPT_STR, "fingerprint": OPT_STR, "dataset": OPT_STR, "dataset_hash": OPT_STR,
     "metrics": OPT_DICT, "created": OPT_STR,
 }
 
@@ -38,13 +38,16 @@ def save_probe(
     *,
     model: "TransformerBridge | None" = None,
     hook: str | None = None,
+    pool: str | None = None,
     dataset: str | None = None,
     dataset_hash: str | None = None,
     metrics: dict | None = None,
 ) -> Path:
     """Write ``probe`` to ``path`` (a ``.safetensors`` file). Metadata comes from ``probe.meta_``
     (set by ``sweep_layers``) overridden by the arguments; ``model`` records its name, width and
-    fingerprint, checked again by ``load_probe``.
+    fingerprint, checked again by ``load_probe``. ``pool``: how the activations it was fitted on
+    were pooled (``"last"``, ``"mean"``, ...; ``sweep_layers`` records it), so that its users
+    (``steer.evaluate.ProbeScore``) read it the same way.
 
     Probes are scikit-learn estimators, so they are saved and loaded by these free functions
     (``save_probe``/``load_probe``); steerlens' own artifact classes have ``save``/``load`` methods.
@@ -58,6 +61,11 @@ def save_probe(
     meta = dict(getattr(probe, "meta_", None) or {})
     if hook is not None:
         meta["hook"], meta["layer"] = hook, hook_layer(hook)
+    if pool is not None:
+        if pool not in ("last", "mean", "all", "positions"):
+            raise ValueError(f"pool must be how capture pooled the activations ('last', 'mean', 'all' or "
+                             f"'positions'), got {pool!r}")
+        meta["pool"] = pool
     if dataset is not None:
         meta["dataset"] = dataset
     if dataset_hash is not None:

@@ -89,7 +89,12 @@ def from_probe(probe: Any | Mapping[int, Any], layer: int | None = None, *, posi
 def actadd(model: "TransformerBridge", positive: str, negative: str, layers: int | Sequence[int], *,
            pool: Literal["last", "mean"] = "last") -> SteeringVector:
     """One prompt pair's activation difference ``h(p₊) − h(p₋)`` (ActAdd, Turner et al. 2023,
-    arXiv:2308.10248), pooled over each prompt (``last`` token or ``mean``)."""
+    arXiv:2308.10248), pooled over each prompt (``last`` token or ``mean``), recorded in
+    ``info["pool"]``.
+
+    ``pool="last"`` by default: the prompts are short and the last token has read all of each,
+    while ``"mean"`` averages in BOS (identical in both prompts, so it cancels) and shrinks the
+    difference by the prompt length."""
     from steerlens.capturing import capture
 
     acts = capture(model, [positive, negative], "resid_post", layers=layers, pool=pool, labels=[1, 0], progress=False)
@@ -104,6 +109,12 @@ def compute(model: "TransformerBridge", pairs: str | Sequence[Any], *, layers: i
 
     ``pairs``: a shipped dataset name (``"sentiment"``), records with ``.positive``/``.negative``
     (or such dict keys), or ``(positive, negative)`` string tuples.
+
+    ``pool="mean"`` by default (recorded in ``info["pool"]``), unlike ``capture``'s ``"last"``:
+    the pairs are whole sentences whose contrast sits in a word or two inside them (the last
+    token of every shipped ``sentiment`` sentence is the same full stop), and the vector is added
+    at every position of the text it steers, so the mean over positions is the direction to add.
+    The steering acceptance figures (``benchmarks/README.md``) were measured with it.
     """
     from steerlens.capturing import capture
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -60,12 +60,39 @@ class LogitDiff:
 @dataclass(frozen=True)
 class ProbeScore:
     """Behaviour = ``probe.predict_proba(...)[:, 1]`` on the unsteered model's ``resid_post``
-    activations at ``layer`` of each generated continuation (pooled with ``pool``)."""
+    activations at ``layer`` of each generated continuation, pooled as the probe was fitted.
+
+    ``pool=None`` (default) takes the pooling recorded with the probe, ``probe.meta_["pool"]``
+    (set by ``probes.sweep_layers`` and kept by ``save_probe``/``load_probe``); else the steered
+    vector's ``info["pool"]`` (what ``steer.compute``/``actadd``/``mean_diff`` record), which
+    assumes the probe was fitted on activations pooled like the vector's; else ``"mean"``, with a
+    warning. A probe read with another pooling than it was fitted on scores other features.
+    """
 
     probe: Any
     layer: int
-    pool: Literal["last", "mean"] = "mean"
+    pool: Literal["last", "mean"] | None = None
     name: str = "probe"
+
+    def __post_init__(self):
+        if self.pool not in (None, "last", "mean"):
+            raise ValueError(f"ProbeScore pool must be 'last', 'mean' or None (the probe's own), got {self.pool!r}")
+
+    def resolve_pool(self, vector: SteeringVector | None = None) -> Literal["last", "mean"]:
+        """The pooling to score with: ``pool``, else the probe's, else the vector's, else ``"mean"``."""
+        if self.pool is not None:
+            return self.pool
+        for source, pool in (("probe.meta_['pool']", (getattr(self.probe, "meta_", None) or {}).get("pool")),
+                             ("the vector's info['pool']", (vector.info or {}).get("pool") if vector is not None else None)):
+            if pool is None:
+                continue
+            if pool not in ("last", "mean"):
+                raise ValueError(f"ProbeScore: {source} is {pool!r}, but continuations are scored with 'last' "
+                                 "or 'mean' pooling: pass pool= explicitly")
+            return pool
+        warnings.warn("ProbeScore: the probe records no pooling (probe.meta_['pool']) and neither does the "
+                      "vector; scoring with pool='mean'. Pass pool= as the probe was fitted", stacklevel=3)
+        return "mean"
 
 
 Behaviour = Callable[[list[str]], Sequence[float]] | LogitDiff | ProbeScore | None
@@ -154,6 +181,8 @@ def sweep(model: "TransformerBridge", vector: SteeringVector, coeffs: Sequence[f
         raise ValueError(f"coeffs must be finite, got {coeffs}")
     vector.check_compatible(model, force=force)
     prompts = list(prompts)
+    if isinstance(behaviour, ProbeScore):  # settle the pooling once, before any work
+        behaviour = replace(behaviour, pool=behaviour.resolve_pool(vector))
     base = _Baseline(model, neutral, batch_size)
     kw = dict(layers=layers, op=op, sites=sites, force=force)
     runs = [("vector", vector)] + ([("control", vector.random_like(seed))] if control else [])
@@ -177,6 +206,8 @@ def sweep(model: "TransformerBridge", vector: SteeringVector, coeffs: Sequence[f
             "positions": positions if isinstance(positions, str) else list(positions),
             "layers": layers if layers is not None else vector.layers, "max_new_tokens": max_new_tokens,
             "do_sample": do_sample, "seed": seed, "neutral_texts": list(neutral)}
+    if isinstance(behaviour, ProbeScore):
+        meta["probe"] = {"layer": behaviour.layer, "pool": behaviour.pool}
     return SteeringSweep(tuple(out["vector"]), tuple(out.get("control", ())), base.ppl,
                        _behaviour_name(behaviour), tuple(prompts), meta)
 
@@ -197,7 +228,7 @@ def _behaviour(model, behaviour, prompts, texts, vec, c, kw, batch_size) -> list
     if isinstance(behaviour, ProbeScore):
         from steerlens.capturing import capture
 
-        acts = capture(model, scored, "resid_post", layers=[behaviour.layer], pool=behaviour.pool,
+        acts = capture(model, scored, "resid_post", layers=[behaviour.layer], pool=behaviour.resolve_pool(),
                        batch_size=batch_size, progress=False)
         proba = behaviour.probe.predict_proba(acts.numpy(acts.hooks[0]))
         return [float(p) for p in proba[:, 1]]

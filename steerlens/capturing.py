@@ -45,6 +45,11 @@ def capture(
     expanded over ``layers``, default every layer). ``pool``: ``"last"`` real token, ``"mean"``
     over real tokens, ``"all"`` tokens (concatenated; see ``Activations.offsets``), or one
     position per prompt (an int, negative from the end, or a ``(start, end)`` span averaged).
+    The default is ``"last"`` because in a causal model the last real token is the only one that
+    has read the whole prompt and the one that predicts what follows (what statement probes and
+    per-token monitors read); ``steer.compute`` pools sentence pairs with ``"mean"`` instead. The
+    pooling is recorded (``acts.pool``) and travels into vectors and probes fitted on it, which
+    are then used with it (docs: core, "Pooling: one rule").
     Prompts are right-padded internally, so batched results equal one-at-a-time runs.
     With ``out``, shards stream to that directory (memory bounded by one batch) and the
     returned ``Activations`` reads them lazily; the directory appears only once complete.

@@ -34,6 +34,17 @@ def test_round_trip(cls, tiny, tmp_path):
     assert m["metrics"] == {"test": {"auroc": 0.9}} and m["width"] == 64
     if cls is LogisticProbe:
         assert loaded.C_ == probe.C_
+    assert m.get("pool") is None  # fitted by hand: no pooling known
+
+
+def test_the_pooling_a_probe_was_fitted_on_is_saved(tiny, tmp_path):
+    probe, _ = fitted(LogisticProbe)
+    path = save_probe(tmp_path / "p.safetensors", probe, hook=HOOK, pool="mean")
+    assert load_probe(path).meta_["pool"] == "mean"
+    probe.meta_ = {"pool": "last"}  # as sweep_layers records it
+    assert load_probe(save_probe(tmp_path / "q.safetensors", probe)).meta_["pool"] == "last"
+    with pytest.raises(ValueError, match="pool must be"):
+        save_probe(tmp_path / "r.safetensors", probe, pool="max")
 
 
 def test_wrong_width_and_wrong_model(tiny, tmp_path):

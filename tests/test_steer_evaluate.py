@@ -3,11 +3,13 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import steer
-from steer.evaluate import LogitDiff, logit_diff, steering_cost
+import steerlens
+from steer.evaluate import LogitDiff, ProbeScore, logit_diff, steering_cost
 from steer.vector import SteeringVector
 
 TEXTS = ["the cat sat on the mat.", "a b c d e f g", "hello world, this is a test"]
@@ -111,3 +113,60 @@ def test_report_is_self_contained(tiny, vec, tmp_path):
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert [p["coeff"] for p in data["points"]] == [0.0, 2.0] and len(data["control"]) == 2
     assert not [p for p in (tmp_path / "rep").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+class _FirstFeature:
+    """A probe stand-in: P(positive) = sigmoid(x[0]); ``meta_`` as sweep_layers/load_probe set it."""
+
+    def __init__(self, pool=None):
+        if pool is not None:
+            self.meta_ = {"pool": pool}
+
+    def predict_proba(self, X):
+        import numpy as np
+
+        p = 1 / (1 + np.exp(-np.asarray(X, dtype=np.float64)[:, 0]))
+        return np.stack([1 - p, p], 1)
+
+
+def _scores_with(tiny, texts, pool):
+    acts = steerlens.capture(tiny, texts, "resid_post", layers=[2], pool=pool, progress=False)
+    return _FirstFeature().predict_proba(acts.at(2))[:, 1]
+
+
+def test_probe_score_pools_as_the_probe_was_fitted(tiny, vec):
+    """A last-pooled probe is read with last pooling unless told otherwise (and a mean-pooled one
+    with mean pooling), whatever the default of steer.compute or capture."""
+    kw = dict(neutral=TEXTS, max_new_tokens=3, control=False, progress=False)
+    texts = steer.generate(tiny, PROMPTS, None, max_new_tokens=3)
+    scored = [t if t.strip() else p + t for p, t in zip(PROMPTS, texts)]
+    last, mean = _scores_with(tiny, scored, "last"), _scores_with(tiny, scored, "mean")
+    assert not np.allclose(last, mean)  # the test can tell the two apart
+    for pool, want in (("last", last), ("mean", mean)):
+        res = steer.sweep(tiny, vec, [0.0], PROMPTS, behaviour=ProbeScore(_FirstFeature(pool), layer=2), **kw)
+        np.testing.assert_allclose(res.points[0].scores, want, rtol=1e-5)
+        assert res.meta["probe"] == {"layer": 2, "pool": pool}
+    # an explicit pool wins over the probe's
+    res = steer.sweep(tiny, vec, [0.0], PROMPTS, behaviour=ProbeScore(_FirstFeature("last"), 2, pool="mean"), **kw)
+    np.testing.assert_allclose(res.points[0].scores, mean, rtol=1e-5)
+    # no pooling on the probe: the vector's, else "mean" with a warning
+    assert ProbeScore(_FirstFeature(), 2).resolve_pool(vec.replace(info={"pool": "last"})) == "last"
+    with pytest.warns(UserWarning, match="records no pooling"):
+        res = steer.sweep(tiny, vec, [0.0], PROMPTS, behaviour=ProbeScore(_FirstFeature(), layer=2), **kw)
+    np.testing.assert_allclose(res.points[0].scores, mean, rtol=1e-5)
+    with pytest.raises(ValueError, match="'all'"):
+        ProbeScore(_FirstFeature("all"), 2).resolve_pool()
+    with pytest.raises(ValueError, match="pool must be"):
+        ProbeScore(_FirstFeature(), 2, pool="max")
+
+
+def test_probe_score_default_follows_the_probes_own_record(tiny):
+    """sweep_layers records the pooling in the probe, so a swept probe scores as it was fitted."""
+    import probes
+
+    rows = [{"prompt": p, "label": i % 2} for i, p in enumerate(TEXTS * 4)]
+    for pool in ("last", "mean"):
+        acts = steerlens.capture(tiny, [r["prompt"] for r in rows], "resid_post", layers=[2], pool=pool, rows=rows,
+                                 progress=False)
+        probe = probes.sweep_layers(acts, methods=["mean_diff"], controls=False, n_boot=0).probe
+        assert ProbeScore(probe, 2).resolve_pool() == pool
