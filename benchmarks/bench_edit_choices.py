@@ -136,12 +136,15 @@ class Stats:
 
 
 def neighbour_subject(request, prompt: str) -> str:
-    """The subject of a neighbourhood prompt: the prompt's template filled with another subject."""
+    """The subject of a neighbourhood prompt (the relation's template filled with another subject):
+    the prompt up to the template's text after the subject, less the text before it if present
+    (landmarks: "The Louvre ..." vs "Notre-Dame Cathedral ..."; the last token is the same either way)."""
     i = request.prompt.index(request.subject)
     head, tail = request.prompt[:i], request.prompt[i + len(request.subject):]
-    if not (prompt.startswith(head) and prompt.endswith(tail)) or len(prompt) <= len(head) + len(tail):
-        raise ValueError(f"neighbourhood prompt {prompt!r} does not follow the template of {request.prompt!r}")
-    return prompt[len(head): len(prompt) - len(tail)]
+    if not prompt.endswith(tail) or len(prompt) <= len(tail):
+        raise ValueError(f"neighbourhood prompt {prompt!r} does not end like {request.prompt!r}")
+    rest = prompt[: len(prompt) - len(tail)]
+    return rest[len(head):] if rest.startswith(head) and len(rest) > len(head) else rest
 
 
 def spill(model, stats: covariance.KeyStatistics, layer: int, requests, cfg: RomeConfig) -> dict:
