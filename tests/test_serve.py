@@ -595,3 +595,19 @@ def test_serve_command_rejects_bad_options():
                        (["--mode", "turbo"], "--mode"), (["--timeout", "0"], "--timeout")):
         r = CliRunner().invoke(app, ["serve", *args])
         assert r.exit_code == 2 and what in r.output, (args, r.output)
+
+
+def test_a_failing_receiver_does_not_stop_the_engine(model):
+    """An ``emit`` that raises (a client's event loop already closed) cancels that job only."""
+    from steer.serve.engine import Engine, Finish
+
+    e = Engine(model).start()
+    try:
+        def broken(ev):
+            raise RuntimeError("Event loop is closed")
+
+        e.submit(Job(prompt_ids=[1, 2, 3], sampling=Sampling(max_tokens=8, temperature=0), emit=broken))
+        ev = e.run(dict(prompt_ids=[4, 5], sampling=Sampling(max_tokens=3, temperature=0)), timeout=120)
+        assert isinstance(ev[-1], Finish)
+    finally:
+        e.stop()

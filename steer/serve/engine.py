@@ -126,6 +126,13 @@ class Job:
         """Free the request's row at the next decode step (a client that went away)."""
         self.cancelled.set()
 
+    def send(self, event: "Event") -> None:
+        """``emit`` that never raises into the engine: a receiver that fails cancels the job."""
+        try:
+            self.emit(event)
+        except Exception:
+            self.cancelled.set()
+
 
 class _Row:
     """A running request's decoding state (engine thread only)."""
@@ -146,26 +153,26 @@ class _Row:
     def finish(self, event: Event) -> None:
         if not self.done:
             self.done = True
-            self.job.emit(event)
+            self.job.send(event)
 
     def push(self, tok: int, logprob: float | None, top: tuple, scores: dict[str, float]) -> None:
         """Record the sampled token, release text, and finish on EOS, a stop string or length."""
         s = self.job.sampling
         n_prompt = len(self.job.prompt_ids)
         if tok in self.stop_ids:
-            self.job.emit(Token(tok, self._release(final=True), logprob, top, scores))
+            self.job.send(Token(tok, self._release(final=True), logprob, top, scores))
             self.finish(Finish("stop", n_prompt, len(self.tokens) + 1))
             return
         self.tokens.append(tok)
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
         cut = _first_stop(text, s.stop, max(0, self.sent - max((len(x) for x in s.stop), default=0)))
         if cut is not None:
-            self.job.emit(Token(tok, text[self.sent : cut], logprob, top, scores))
+            self.job.send(Token(tok, text[self.sent : cut], logprob, top, scores))
             self.sent = cut
             self.finish(Finish("stop", n_prompt, len(self.tokens)))
             return
         final = len(self.tokens) >= s.max_tokens
-        self.job.emit(Token(tok, self._release(final, text), logprob, top, scores))
+        self.job.send(Token(tok, self._release(final, text), logprob, top, scores))
         if final:
             self.finish(Finish("length", n_prompt, len(self.tokens)))
 
@@ -303,7 +310,7 @@ class Engine:
             self._fail_all(Failure(503, "the server is shutting down", "server_error"))
             while True:
                 try:
-                    self._waiting.get_nowait().emit(Failure(503, "the server is shutting down", "server_error"))
+                    self._waiting.get_nowait().send(Failure(503, "the server is shutting down", "server_error"))
                 except queue.Empty:
                     break
 
@@ -344,7 +351,7 @@ class Engine:
             if job.cancelled.is_set():
                 continue
             if job.timeout is not None and time.monotonic() > job.submitted + job.timeout:
-                job.emit(Failure(408, f"the request waited longer than its timeout of {job.timeout} s",
+                job.send(Failure(408, f"the request waited longer than its timeout of {job.timeout} s",
                                  "timeout_error", "timeout"))
                 continue
             jobs.append(job)
@@ -415,7 +422,7 @@ class Engine:
         def flag(rows_bad: torch.Tensor) -> None:
             bad.__ior__(rows_bad)
 
-        scores: dict[str, torch.Tensor] = {}
+        scores: dict[int, torch.Tensor] = {}
         with ExitStack() as stack, torch.inference_mode():
             stack.enter_context(intervene(self.model, self._monitor_hooks(rows, scores)))
             for s in self._steerings(rows, flag):
@@ -431,7 +438,7 @@ class Engine:
                                       "use a smaller coeff", "invalid_request_error", "nonfinite_activations"))
                 continue
             lp, top = self._logprobs(r, logits[i], int(toks[i]))
-            r.push(int(toks[i]), lp, top, {n: float(scores[n][i]) for n in r.job.monitors})
+            r.push(int(toks[i]), lp, top, {n: float(scores[id(p)][i]) for n, (_, p) in r.job.monitors.items()})
         self.stats["forwards"] += 1
         self.stats["max_rows"] = max(self.stats["max_rows"], B)
         if self.on_step is not None:
@@ -459,17 +466,18 @@ class Engine:
             yield Steering(self.model, vectors, coeff=coeffs, layers=layers, op=op, positions=positions,
                            on_nonfinite=flag)
 
-    def _monitor_hooks(self, rows: list[_Row], scores: dict[str, torch.Tensor]) -> dict[str, list]:
+    def _monitor_hooks(self, rows: list[_Row], scores: dict[int, torch.Tensor]) -> dict[str, list]:
         """Hooks scoring each requested probe at the last column (every row's newest token)."""
-        probes: dict[str, tuple[str, Any]] = {}
+        probes: dict[int, tuple[str, Any]] = {}  # by probe object: a name may be re-registered mid-request
         for r in rows:
-            probes.update(r.job.monitors)
+            for hook, probe in r.job.monitors.values():
+                probes[id(probe)] = (hook, probe)
         hooks: dict[str, list] = {}
         for name, (hook, probe) in probes.items():
             w = torch.from_numpy(probe.coef_[0]).float()
             b = float(probe.intercept_[0])
 
-            def fn(x: torch.Tensor, step: Any, name: str = name, w: torch.Tensor = w, b: float = b) -> None:
+            def fn(x: torch.Tensor, step: Any, name: int = name, w: torch.Tensor = w, b: float = b) -> None:
                 h = x[:, -1].detach().reshape(x.shape[0], -1).float()
                 scores[name] = torch.sigmoid(h @ w.to(h.device) + b).cpu()
 
