@@ -473,6 +473,27 @@ def test_client_disconnect_mid_stream_frees_its_row(model):
         assert httpx.post(s.url + "/v1/completions", json={"model": MODEL, "prompt": "ok", "max_tokens": 2}).status_code == 200
 
 
+def test_client_disconnect_while_waiting_cancels_a_non_streamed_request(model):
+    """A non-streamed request whose client goes away is cancelled (no row is spent on it)."""
+    app, engine = build(model, model_id=MODEL)
+    jobs: list[Job] = []
+    with Server(app, engine) as s:
+        release = _blocked_engine(engine)
+        submit = engine.submit
+        engine.submit = lambda job: (jobs.append(job), submit(job))[1]
+        try:
+            with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+                httpx.post(s.url + "/v1/completions", json={"model": MODEL, "prompt": "w", "max_tokens": 50},
+                           timeout=httpx.Timeout(60, read=0.5))
+            deadline = time.monotonic() + 30
+            while not (jobs and jobs[-1].cancelled.is_set()) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert len(jobs) == 1 and jobs[0].cancelled.is_set()
+        finally:
+            release.set()
+        assert httpx.post(s.url + "/v1/completions", json={"model": MODEL, "prompt": "ok", "max_tokens": 2}).status_code == 200
+
+
 # -- management -------------------------------------------------------------------------------------------
 def test_vector_and_probe_management(model, vectors, probe, tmp_path):
     other = tiny_model(seed=1)  # same width, other weights

@@ -59,6 +59,16 @@ def error_body(status: int, message: str, type: str | None = None, param: str | 
                       "param": param, "code": code}}
 
 
+class _Middleware:
+    """A pure ASGI middleware that calls ``fn(scope, receive, send, inner)``."""
+
+    def __init__(self, app: Any, fn: Any) -> None:
+        self.app, self.fn = app, fn
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.fn(scope, receive, send, self.app)
+
+
 def create_app(model: "TransformerBridge", engine: "Engine | Any", registry: Registry, *, model_id: str,
                api_key: str | None = None, limits: Limits = Limits(), metrics: Metrics | None = None) -> "FastAPI":
     """The app; the caller owns ``engine`` (start it before serving, stop it after)."""
@@ -92,25 +102,39 @@ def create_app(model: "TransformerBridge", engine: "Engine | Any", registry: Reg
     async def _unexpected(request: Request, e: Exception):
         return fail(APIError(500, f"internal error: {type(e).__name__}: {e}", "server_error"))
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next):
-        start = time.monotonic()
-        route = request.url.path
+    async def guard(scope, receive, send, inner) -> None:
+        """API key, body size and request metrics for every route. A pure ASGI middleware, not
+        ``@app.middleware("http")``: that one hides a client's disconnect from the routes, so a
+        non-streamed request would run on after its client went away."""
+        if scope["type"] != "http":
+            return await inner(scope, receive, send)
+        start, route, status = time.monotonic(), scope["path"], 500
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        reject = None
         if api_key is not None:
-            got = request.headers.get("authorization", "")
-            scheme, _, token = got.partition(" ")
+            scheme, _, token = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-                metrics.request(route, 401, 0.0)
-                return fail(APIError(401, "a valid API key is required: send 'Authorization: Bearer <key>'",
-                                     "authentication_error", None, "invalid_api_key"))
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > limits.max_body):
-            metrics.request(route, 413, 0.0)
-            return fail(APIError(413, f"the request body is larger than {limits.max_body} bytes", param=None,
-                                 code="body_too_large"))
-        response = await call_next(request)
-        metrics.request(route, response.status_code, time.monotonic() - start)
-        return response
+                reject = APIError(401, "a valid API key is required: send 'Authorization: Bearer <key>'",
+                                  "authentication_error", None, "invalid_api_key")
+        size = headers.get("content-length")
+        if reject is None and size is not None and (not size.isdigit() or int(size) > limits.max_body):
+            reject = APIError(413, f"the request body is larger than {limits.max_body} bytes", code="body_too_large")
+        if reject is not None:
+            metrics.request(route, reject.status, 0.0)
+            return await fail(reject)(scope, receive, send)
+
+        async def sending(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await inner(scope, receive, sending)
+        finally:  # latency to the end of the body (streams included)
+            metrics.request(route, status, time.monotonic() - start)
+
+    app.add_middleware(_Middleware, fn=guard)
 
     async def body(request: Request, schema: Any) -> Any:
         from pydantic import ValidationError
