@@ -6,6 +6,8 @@ Happy path::
     report = editing.evaluate_edits(model, [request])   # before/after CounterFact-style metrics
     handle.revert()                              # bit-exact
     with editing.edited(model, request): ...     # temporary edit
+    handle = editing.orthogonalize(model, direction)  # directional ablation baked into the weights
+    with editing.ablated(model, direction): ...  # the same intervention through hooks
 """
 
 from importlib import import_module
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING
 __all__ = [
     "CovarianceFitter", "EditHandle", "RomeConfig", "causal_trace", "edit", "edited", "erase",
     "evaluate", "evaluate_edits", "key_statistics", "rank_one_update", "run_experiment", "write_report",
+    "Orthogonalization", "ablated", "orthogonalize", "orthogonalized",
 ]
 
 _LAZY = {
@@ -30,19 +33,24 @@ _LAZY = {
     "evaluate_edits": "editing.evaluation",
     "write_report": "editing.report",
     "run_experiment": "editing.experiment",
+    "Orthogonalization": "editing.orthogonalization",
+    "ablated": "editing.orthogonalization",
+    "orthogonalize": "editing.orthogonalization",
+    "orthogonalized": "editing.orthogonalization",
 }
 
 if TYPE_CHECKING:
     from editing.covariance import CovarianceFitter, key_statistics
     from editing.evaluation import evaluate, evaluate_edits
     from editing.experiment import run_experiment
+    from editing.orthogonalization import Orthogonalization, ablated, orthogonalize, orthogonalized
     from editing.report import write_report
     from editing.rome import EditHandle, RomeConfig, edit, edited, erase, rank_one_update
     from editing.tracing import causal_trace
 
 
 #: public submodules, reachable as attributes after `import editing` (e.g. editing.sites.down_proj)
-_MODULES = {"covariance", "evaluation", "experiment", "prompts", "report", "rome", "sites", "tracing"}
+_MODULES = {"covariance", "evaluation", "experiment", "orthogonalization", "prompts", "report", "rome", "sites", "tracing"}
 
 
 def __getattr__(name: str):

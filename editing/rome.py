@@ -106,6 +106,25 @@ def rank_one_update(
 #: attribute of an edited weight: S, the sum of the ΔW of its edits not reverted yet (float32, stored
 #: layout), so ``W − S`` is the weight without them; edits and reverts keep ``W − S``, other changes do not
 _LIVE = "_steerlens_rome_live"
+#: attribute of an edited weight: how many of its edits are not reverted yet (at 0 both attributes go,
+#: so a reverted edit of a large weight, e.g. an embedding, leaves no zero-filled copy behind)
+_NLIVE = "_steerlens_rome_nlive"
+
+
+@torch.no_grad()
+def set_weight(weight: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Write ``new`` (cast to the weight's dtype) into ``weight`` in place and add the ΔW that landed
+    to its live sum (``_LIVE``); return ``(before, after, applied)`` for an ``EditHandle``. The caller
+    holds ``steerlens.steps.exclusive``. Every weight edit of ``editing`` goes through here."""
+    before = weight.detach().clone()
+    weight.copy_(new.to(weight.dtype))
+    del new
+    after = weight.detach().clone()
+    applied = after.float() - before.float()  # the exact ΔW that landed (after rounding to the weight's dtype)
+    live = getattr(weight, _LIVE, None)
+    setattr(weight, _LIVE, applied if live is None else live + applied)  # never changed in place: sharing is safe
+    setattr(weight, _NLIVE, getattr(weight, _NLIVE, 0) + 1)
+    return before, after, applied
 
 
 @dataclass(eq=False)
@@ -137,27 +156,47 @@ class EditHandle:
             return None
         return float(((w.float() - live) * self._delta).sum() / self._delta.norm().clamp_min(1e-30))
 
-    @torch.no_grad()
-    def revert(self) -> None:
-        """Take this edit's ΔW out of the weight (see the class docstring for when it refuses)."""
+    def _name(self) -> str:
+        """The weight this edit changed, as error messages name it."""
+        return f"layer {self.layer} down-projection"
+
+    def _check_revertible(self) -> None:
+        """Raise ``ValueError`` when ``revert()`` would refuse (see the class docstring); change nothing."""
         if self.reverted:
-            raise ValueError(f"this edit (layer {self.layer}) was already reverted; a second revert would "
+            raise ValueError(f"this edit ({self._name()}) was already reverted; a second revert would "
                              "subtract its update from weights that no longer hold it")
-        w = self.weight
-        now = self._along(w)
+        now = self._along(self.weight)
         if now is None or abs(now - self._mark) > 0.5 * float(self._delta.norm()):
             raise ValueError(
-                f"this edit's update is no longer in the layer {self.layer} down-projection weight: the weight "
+                f"this edit's update is no longer in the {self._name()} weight: the weight "
                 "was restored or changed outside its EditHandles since the edit, so reverting would subtract "
                 "the update from weights that lack it. Nothing was changed; reload the model to get its "
                 "original weights.")
-        with exclusive(self.model, "a ROME revert"):  # weights change for every caller
-            if torch.equal(w, self._after):
-                w.copy_(self._before)
-            else:  # a later edit changed this weight: take out our own ΔW only
-                w.copy_((w.float() - self._delta).to(w.dtype))
+
+    @torch.no_grad()
+    def _undo(self) -> None:
+        """Take the ΔW out (the caller checked ``_check_revertible`` and holds ``exclusive``)."""
+        w = self.weight
+        if torch.equal(w, self._after):
+            w.copy_(self._before)
+        else:  # a later edit changed this weight: take out our own ΔW only
+            w.copy_((w.float() - self._delta).to(w.dtype))
+        n_live = getattr(w, _NLIVE, 1) - 1
+        if n_live > 0:
             setattr(w, _LIVE, getattr(w, _LIVE) - self._delta)
-            self.reverted = True
+            setattr(w, _NLIVE, n_live)
+        else:  # no edit of this weight is live any more
+            for name in (_LIVE, _NLIVE):
+                if hasattr(w, name):
+                    delattr(w, name)
+        self.reverted = True
+
+    @torch.no_grad()
+    def revert(self) -> None:
+        """Take this edit's ΔW out of the weight (see the class docstring for when it refuses)."""
+        self._check_revertible()
+        with exclusive(self.model, "a ROME revert"):  # weights change for every caller
+            self._undo()
 
     def __enter__(self) -> "EditHandle":
         return self
@@ -360,12 +399,7 @@ def edit(
         raise RuntimeError("the rank-one update is not finite; no weight was changed")
     d_stored = (dW.T if transposed else dW).contiguous().to(weight.device)
     with torch.no_grad(), exclusive(model, "a ROME edit"):  # weights change for every caller
-        before = weight.detach().clone()
-        # float32 math, cast back to the model's dtype
-        weight.copy_((weight.float() + d_stored).to(weight.dtype))
-        after = weight.detach().clone()
-        applied = after.float() - before.float()  # the exact ΔW that landed (after rounding to the weight's dtype)
-        setattr(weight, _LIVE, getattr(weight, _LIVE, 0) + applied)
+        before, after, applied = set_weight(weight, weight.float() + d_stored)  # float32 math, cast back
     seconds["update"] = time.perf_counter() - t
     result = EditResult(layer, mode, k_star, v_star, delta, losses, seconds)
     handle = EditHandle(model, layer, result, before, after, applied)
