@@ -138,10 +138,89 @@ class ConceptEraser:
         return eraser
 
 
+class EraserFitter:
+    """Streaming LEACE statistics per layer (one ``concept_erasure.LeaceFitter`` each, float64):
+    ``update`` with one batch at a time (memory bounded by the batch and the d×d moments), then
+    ``eraser()`` freezes them into a ``ConceptEraser`` (arXiv:2306.03819, eq. 6).
+
+    ``classes``: the concept's classes, known up front so every batch is one-hot encoded the same
+    way (without the first class: the centred indicators of k classes span k − 1 dimensions), or
+    ``None`` to stream a real-valued concept matrix ``z [n, k]`` instead (e.g. probe scores).
+    """
+
+    def __init__(self, classes: Sequence | None = None, *, hook: str = "resid_post") -> None:
+        self.classes = classes
+        self.hook = hook
+
+    def update(self, x: Mapping[int, torch.Tensor], labels: Sequence | np.ndarray | torch.Tensor | None = None, *,
+               z: torch.Tensor | np.ndarray | None = None) -> "EraserFitter":
+        """Add a batch: ``x`` is ``{layer: tensor[n, d]}``; ``labels [n]`` (with ``classes``) or
+        ``z [n, k]`` (without). Returns ``self``."""
+        from concept_erasure import LeaceFitter
+
+        zb = self._concept(labels, z)
+        if not isinstance(x, Mapping) or not x:
+            raise TypeError(f"x must be a non-empty mapping {{layer: tensor[n, d]}}, got {type(x).__name__}")
+        if not hasattr(self, "fitters_"):
+            self.fitters_: dict[int, Any] = {}
+            self.n_ = 0
+            self.z_dim_ = zb.shape[1]
+        if zb.shape[1] != self.z_dim_:
+            raise ValueError(f"z has {zb.shape[1]} columns in this batch but {self.z_dim_} before")
+        for layer, xb in x.items():
+            xb = _matrix(xb, f"layer {layer}", len(zb))  # float64: eigh of a near-singular covariance needs it
+            f = self.fitters_.get(layer)
+            if f is None:
+                if self.n_:
+                    raise ValueError(f"layer {layer} appeared after the first batch; layers so far: {sorted(self.fitters_)}")
+                f = self.fitters_[layer] = LeaceFitter(xb.shape[1], zb.shape[1], dtype=torch.float64)
+            elif xb.shape[1] != f.mean_x.numel():
+                raise ValueError(f"activations at layer {layer} are {xb.shape[1]} wide in this batch, "
+                                 f"{f.mean_x.numel()} before")
+            f.update(xb, zb)
+        self.n_ += len(zb)
+        return self
+
+    def eraser(self, **provenance: Any) -> ConceptEraser:
+        """The frozen ``ConceptEraser`` of the statistics so far (``provenance``: ``ConceptEraser``
+        fields such as ``model_name``, ``dataset``, ``info``)."""
+        if not getattr(self, "n_", 0):
+            raise ValueError("the dataset is empty: no examples to fit an eraser on")
+        erasers = {}
+        for layer, f in sorted(self.fitters_.items()):
+            e = f.eraser
+            erasers[layer] = EraserTensors(e.proj_left, e.proj_right, e.bias)
+        info = {**({"classes": [_py(c) for c in self.classes]} if self.classes is not None else {"z_dim": self.z_dim_}),
+                "n": self.n_, **dict(provenance.pop("info", {}) or {})}
+        return ConceptEraser(erasers, hook=self.hook, info=info, **provenance)
+
+    def _concept(self, labels, z) -> torch.Tensor:
+        if self.classes is not None:
+            if z is not None:
+                raise ValueError("this EraserFitter has classes: pass labels, not z")
+            y = row_labels(labels, [])
+            index = {_py(c): i for i, c in enumerate(self.classes)}
+            if len(index) < 2:
+                raise ValueError(f"classes holds a single class ({_py(self.classes[0])!r}): there is no concept to erase")
+            unknown = [_py(v) for v in y if _py(v) not in index]
+            if unknown:
+                raise ValueError(f"labels hold {unknown[0]!r}, not one of classes {list(index)}")
+            idx = np.asarray([index[_py(v)] for v in y], dtype=np.int64)
+            return torch.nn.functional.one_hot(torch.as_tensor(idx), len(index))[:, 1:].double()
+        if z is None:
+            raise ValueError("this EraserFitter has no classes: pass z [n, k] (or build it with classes=...)")
+        zt = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z).detach().to("cpu", torch.float64)
+        zt = zt[:, None] if zt.ndim == 1 else zt
+        if zt.ndim != 2 or not torch.isfinite(zt).all():
+            raise ValueError(f"z must be a finite [n, k] matrix, got shape {tuple(zt.shape)}")
+        return zt
+
+
 def fit_eraser(acts: "Activations | Mapping[str, torch.Tensor]", labels: Sequence | np.ndarray | torch.Tensor | None = None,
                *, layers: int | Sequence[int] | None = None, hook: str = "resid_post",
-               dataset: str | None = None, dataset_hash: str | None = None) -> ConceptEraser:
-    """Fit a LEACE eraser (``concept_erasure.LeaceFitter``, float64) at each layer of ``hook``.
+               dataset: str | None = None, dataset_hash: str | None = None, batch_size: int = 1024) -> ConceptEraser:
+    """Fit a LEACE eraser (``EraserFitter``: ``concept_erasure.LeaceFitter``, float64) at each layer of
+    ``hook``, streaming ``batch_size`` rows at a time.
 
     ``acts``: a ``steerlens.Activations`` (pooled, one row per example) or a mapping
     ``{hook_name: tensor[n, d]}``. ``labels`` (default ``acts.labels``): the concept, with two or
@@ -151,26 +230,32 @@ def fit_eraser(acts: "Activations | Mapping[str, torch.Tensor]", labels: Sequenc
     as provenance. Cross-covariance singular values (after whitening) below concept-erasure's
     ``svd_tol`` (0.01) are left in place.
     """
-    from concept_erasure import LeaceFitter
-
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     tensors, rows, info = _unpack(acts)
     by_layer = layer_hooks(list(tensors), hook, layers)
     y = row_labels(labels, rows)
     if len(y) == 0:
         raise ValueError("the dataset is empty: no examples to fit an eraser on")
-    classes, idx = np.unique(y, return_inverse=True)
+    classes = np.unique(y)
     if len(classes) < 2:
         raise ValueError(f"labels hold a single class ({_py(classes[0])!r}): there is no concept to erase")
-    z = torch.nn.functional.one_hot(torch.as_tensor(idx), len(classes))[:, 1:].double()
-    erasers = {}
-    for layer, name in by_layer.items():
-        x = _matrix(tensors[name], name, len(y))  # float64: eigh of a near-singular covariance needs it
-        e = LeaceFitter(x.shape[1], z.shape[1], dtype=torch.float64).update(x, z).eraser
-        erasers[layer] = EraserTensors(e.proj_left, e.proj_right, e.bias)
-    return ConceptEraser(erasers, hook=hook, model_name=info.get("model"), fingerprint=info.get("fingerprint"),
-                         dataset=dataset, dataset_hash=dataset_hash,
-                         info={"classes": [_py(c) for c in classes], "n": len(y),
-                               **({"pool": info["pool"]} if info.get("pool") else {})})
+    mats = {layer: tensors[name] for layer, name in by_layer.items()}
+    for layer, name in by_layer.items():  # checked whole (cheap, in their own dtype) before any fitting
+        x = torch.as_tensor(mats[layer])
+        if x.ndim != 2:
+            raise ValueError(f"activations at {name!r} must be [n, d], got shape {tuple(x.shape)}")
+        if len(x) != len(y):
+            raise ValueError(f"activations at {name!r} have {len(x)} rows but there are {len(y)} labels")
+        bad = ~torch.isfinite(x).all(1)
+        if bad.any():
+            raise ValueError(f"activations at {name!r} contain NaN or inf in {int(bad.sum())} of {len(y)} rows")
+    fitter = EraserFitter(classes, hook=hook)
+    for start in range(0, len(y), batch_size):
+        sl = slice(start, start + batch_size)
+        fitter.update({layer: x[sl] for layer, x in mats.items()}, y[sl])
+    return fitter.eraser(model_name=info.get("model"), fingerprint=info.get("fingerprint"), dataset=dataset,
+                         dataset_hash=dataset_hash, info={**({"pool": info["pool"]} if info.get("pool") else {})})
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -85,6 +85,44 @@ def test_k_class_concept_on_synthetic_activations():
 
 
 # -- the operator --------------------------------------------------------------------------------
+def test_streaming_fit_equals_one_batch_and_concept_erasure(acts):
+    from concept_erasure import LeaceEraser
+
+    from steer.leace import EraserFitter
+
+    one = fit_eraser(acts, layers=[LAYER], batch_size=10_000)
+    streamed = fit_eraser(acts, layers=[LAYER], batch_size=7)  # 23 batches, the last one short
+    x = acts.at(LAYER)
+    for a, b in zip(one[LAYER], streamed[LAYER]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    ref = LeaceEraser.fit(x.double(), torch.as_tensor(acts.labels, dtype=torch.float64)[:, None])
+    torch.testing.assert_close(streamed(x, LAYER), ref(x.double()).float(), atol=1e-4, rtol=1e-4)
+    # a real-valued concept z streams too; its erased projection is uncorrelated with z
+    z = torch.as_tensor(acts.labels, dtype=torch.float64) + 0.1 * torch.randn(len(x), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    e = EraserFitter().update({LAYER: x[:80]}, z=z[:80]).update({LAYER: x[80:]}, z=z[80:]).eraser()
+    xe = e(x, LAYER).double()
+    cov = ((xe - xe.mean(0)) * (z - z.mean())[:, None]).mean(0)
+    assert cov.abs().max() < 1e-6 and e.info == {"z_dim": 1, "n": len(x)}
+
+
+def test_streaming_fitter_errors(acts):
+    from steer.leace import EraserFitter
+
+    x = acts.at(LAYER)
+    with pytest.raises(ValueError, match=r"labels hold 'pear', not one of classes \[0, 1\]"):
+        EraserFitter([0, 1]).update({LAYER: x[:2]}, ["pear", 0])
+    with pytest.raises(ValueError, match="single class"):
+        EraserFitter([1]).update({LAYER: x[:2]}, [1, 1])
+    with pytest.raises(ValueError, match="are 32 wide in this batch, 64 before"):
+        EraserFitter([0, 1]).update({LAYER: x[:4]}, [0, 1, 0, 1]).update({LAYER: x[:4, :32]}, [0, 1, 0, 1])
+    with pytest.raises(ValueError, match="pass z"):
+        EraserFitter().update({LAYER: x[:4]}, [0, 1, 0, 1])
+    with pytest.raises(ValueError, match="empty"):
+        EraserFitter([0, 1]).eraser()
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        fit_eraser(acts, batch_size=0)
+
+
 def test_operator_matches_concept_erasure_and_keeps_bf16(acts):
     from concept_erasure import LeaceEraser
 

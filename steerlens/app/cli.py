@@ -227,6 +227,50 @@ def edit_trace(
                            "last_subject_curve": tr.last_subject_curve()}, indent=1))
 
 
+# -- erase: concept-erasure experiments (issue 14) --------------------------------------------------
+erase_app = typer.Typer(help="Concept erasure: LEACE, sequential scrubbing and directional ablation experiments "
+                             "with before/after reports.", no_args_is_help=True, add_completion=False)
+app.add_typer(erase_app, name="erase")
+
+
+@erase_app.command("run")
+def erase_run(
+    spec_file: Path = typer.Argument(..., metavar="SPEC", help="A .json erasure spec (editing.erasure.ErasureSpec fields)."),
+    out: Path = typer.Option(Path("runs/erase"), "--out", "-o", help="Report directory (report.html, report.json, one "
+                             "<method>.eraser.safetensors per fitted eraser); must not exist or be empty."),
+    layer: Optional[int] = typer.Option(None, help="Override the spec's erased layer."),
+    methods: Optional[str] = typer.Option(None, help="Override the spec's methods (comma-separated)."),
+    limit: Optional[int] = typer.Option(None, help="Override the spec's row limit per dataset."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="'gemma-3-270m' (default: the spec's), an HF directory, a .gguf file or a hub id."),
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Erase a concept, re-train probes, measure the cost; write one report (never over an existing one)."""
+    import dataclasses
+
+    from editing.erasure import load_erasure_spec, run_erasure
+    from editing.erasure_report import write_erasure_report
+    from steerlens.models import load_model
+
+    spec = load_erasure_spec(spec_file)
+    overrides = {"layer": layer, "limit": limit,
+                 "methods": [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else None}
+    spec = dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"--out {out} already exists and is not an empty directory; nothing is ever "
+                              "replaced: choose another --out")
+    m = load_model(model or spec.model, device=device, dtype=dtype)
+    result = run_erasure(m, spec, progress=progress)
+    path = write_erasure_report(result, out, title=f"steerlens erase run ({spec.dataset}, layer {spec.layer})")
+    import steer
+
+    for name, obj in result.erasers.items():
+        if isinstance(obj, steer.ConceptEraser):
+            obj.save(out / f"{name}.eraser.safetensors")
+    typer.echo(json.dumps({"out": str(path), "summary": result.summary()}, indent=1, default=str))
+
+
 # -- steer: steering vectors (issue 4) ------------------------------------------------------------
 steer_app = typer.Typer(help="Steering vectors: compute, calibrate, sweep, generate, export to llama.cpp.",
                         no_args_is_help=True)
