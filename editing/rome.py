@@ -115,11 +115,11 @@ _NLIVE = "_steerlens_rome_nlive"
 def set_weight(weight: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Write ``new`` (cast to the weight's dtype) into ``weight`` in place and add the ΔW that landed
     to its live sum (``_LIVE``); return ``(before, after, applied)`` for an ``EditHandle``. The caller
-    holds ``steerlens.steps.exclusive``. Every weight edit of ``editing`` goes through here."""
+    holds ``steerlens.steps.exclusive``. Every weight edit of ``editing`` goes through here. ``new`` is
+    taken over (kept as ``after`` when it has the weight's dtype), not copied."""
     before = weight.detach().clone()
-    weight.copy_(new.to(weight.dtype))
-    del new
-    after = weight.detach().clone()
+    after = new.detach().to(weight.dtype)
+    weight.copy_(after)
     applied = after.float() - before.float()  # the exact ΔW that landed (after rounding to the weight's dtype)
     live = getattr(weight, _LIVE, None)
     setattr(weight, _LIVE, applied if live is None else live + applied)  # never changed in place: sharing is safe
@@ -154,7 +154,9 @@ class EditHandle:
         live = getattr(w, _LIVE, None)
         if live is None:
             return None
-        return float(((w.float() - live) * self._delta).sum() / self._delta.norm().clamp_min(1e-30))
+        d = self._delta.flatten()  # dot products: no weight-sized temporaries (an embedding is 10⁸ floats)
+        along = torch.dot(w.detach().flatten().float(), d) - torch.dot(live.flatten(), d)
+        return float(along / d.norm().clamp_min(1e-30))
 
     def _name(self) -> str:
         """The weight this edit changed, as error messages name it."""
