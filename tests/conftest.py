@@ -1,8 +1,20 @@
 """Shared fixtures: a tiny random GPT-2 for unit tests, the embedded Gemma 3 270M for integration tests."""
 
+import os
+
 import pytest
 
 import steerlens
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (the README's test command runs ``-n 2``), each worker gets its share of
+    the cores as torch threads, so two workers do not oversubscribe a 2-core machine."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(scope="session")

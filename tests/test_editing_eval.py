@@ -117,13 +117,14 @@ def test_neutral_perplexity_and_kl_are_the_ones_steering_reports(tiny):
     assert steer.evaluate.NEUTRAL_TEXTS is neutral.NEUTRAL_TEXTS is editing.evaluation.NEUTRAL_TEXTS
     texts = ["the cat sat on the mat.", "a b c d e f g", "hello world, this is a test"]
     ev, ref = evaluate(tiny, REQS, neutral_texts=texts, fluency_tokens=0)
-    vec = SteeringVector({1: torch.ones(tiny.cfg.d_model) / tiny.cfg.d_model ** 0.5}, method="test")
+    # not a constant vector: GPT-2's LayerNorms subtract the mean, so ones·c would change nothing (KL ~ ±1e-8)
+    vec = SteeringVector({1: torch.randn(tiny.cfg.d_model, generator=torch.Generator().manual_seed(0))}, method="test")
     cost = steer.evaluate.steering_cost(tiny, vec, 2.0, texts=texts)
     with steer.apply(tiny, vec, coeff=2.0):
         steered, _ = evaluate(tiny, REQS, reference=ref, neutral_texts=texts, fluency_tokens=0)
     assert steered.perplexity == pytest.approx(cost.ppl, rel=1e-6)
     assert steered.perplexity / ev.perplexity == pytest.approx(cost.ppl_ratio, rel=1e-6)
-    assert steered.kl == pytest.approx(cost.kl, rel=1e-5) and cost.kl > 0
+    assert steered.kl == pytest.approx(cost.kl, rel=1e-5) and cost.kl > 1e-3
 
 
 @pytest.mark.parametrize("mode, stacked", [("rewrite", False), ("rewrite", True), ("erase", False)])
