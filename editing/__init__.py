@@ -8,6 +8,8 @@ Happy path::
     with editing.edited(model, request): ...     # temporary edit
     handle = editing.orthogonalize(model, direction)  # directional ablation baked into the weights
     with editing.ablated(model, direction): ...  # the same intervention through hooks
+    result = editing.run_erasure(model, {"methods": ["leace", "leace_family"], "layer": 6})   # concept erasure
+    editing.write_erasure_report(result, "runs/erase")
 """
 
 from importlib import import_module
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING
 __all__ = [
     "CovarianceFitter", "EditHandle", "RomeConfig", "causal_trace", "edit", "edited", "erase",
     "evaluate", "evaluate_edits", "key_statistics", "rank_one_update", "run_experiment", "write_report",
-    "Orthogonalization", "ablated", "orthogonalize", "orthogonalized",
+    "Orthogonalization", "ablated", "orthogonalize", "orthogonalized", "run_erasure", "write_erasure_report",
 ]
 
 _LAZY = {
@@ -37,10 +39,14 @@ _LAZY = {
     "ablated": "editing.orthogonalization",
     "orthogonalize": "editing.orthogonalization",
     "orthogonalized": "editing.orthogonalization",
+    "run_erasure": "editing.erasure",
+    "write_erasure_report": "editing.erasure_report",
 }
 
 if TYPE_CHECKING:
     from editing.covariance import CovarianceFitter, key_statistics
+    from editing.erasure import run_erasure
+    from editing.erasure_report import write_erasure_report
     from editing.evaluation import evaluate, evaluate_edits
     from editing.experiment import run_experiment
     from editing.orthogonalization import Orthogonalization, ablated, orthogonalize, orthogonalized
@@ -50,7 +56,7 @@ if TYPE_CHECKING:
 
 
 #: public submodules, reachable as attributes after `import editing` (e.g. editing.sites.down_proj)
-_MODULES = {"covariance", "evaluation", "experiment", "orthogonalization", "prompts", "report", "rome", "sites", "tracing"}
+_MODULES = {"covariance", "erasure", "erasure_report", "evaluation", "experiment", "orthogonalization", "prompts", "report", "rome", "sites", "tracing"}
 
 
 def __getattr__(name: str):

@@ -48,7 +48,9 @@ class ErasureSpec:
     of held-out families (``heldout_families``, default all). ``negations``: the dataset added for
     ``leace_negations``. ``C``: the re-trained probes' inverse regularisation (``None``: chosen by
     grouped cross-validation on each training split). ``rounds``/``chance``: the iterated method's limits. ``limit``: at most this
-    many rows per dataset (whole groups, seeded). ``prompts``/``max_new_tokens``: greedy samples.
+    many rows per dataset (whole groups, seeded). ``prompts``/``max_new_tokens``: greedy samples. ``fractions``: the
+    grouped split of the concept's rows into the eraser's fitting rows, the re-trained probe's
+    training rows and its test rows (the probe never sees a group the eraser was fitted on).
     """
 
     dataset: str = "truthfulness"
@@ -65,7 +67,7 @@ class ErasureSpec:
     rounds: int = 4
     chance: float = 0.55
     limit: int | None = None
-    test_fraction: float = 0.3
+    fractions: tuple[float, float, float] = (0.5, 0.25, 0.25)
     prompts: tuple[str, ...] = ("The capital of France is", "Water freezes at a temperature of")
     max_new_tokens: int = 16
     batch_size: int = 32
@@ -111,8 +113,10 @@ class ErasureSpec:
         req(self.C is None or (isinstance(self.C, (int, float)) and not isinstance(self.C, bool) and self.C > 0), "C",
             self.C, "null or a positive number")
         req(isinstance(self.chance, (int, float)) and 0.5 <= self.chance < 1, "chance", self.chance, "a number in [0.5, 1)")
-        req(isinstance(self.test_fraction, (int, float)) and 0.1 <= self.test_fraction <= 0.5, "test_fraction",
-            self.test_fraction, "a number in [0.1, 0.5]")
+        fr = self.fractions
+        req(isinstance(fr, (list, tuple)) and len(fr) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in fr),
+            "fractions", fr, "three positive numbers (eraser fit, probe train, probe test)")
+        object.__setattr__(self, "fractions", tuple(float(v) for v in fr))
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> "ErasureSpec":
@@ -217,9 +221,10 @@ def run_erasure(model: "TransformerBridge", spec: ErasureSpec | Mapping[str, Any
                 acts: Mapping[str, "Activations"] | None = None, progress: bool = True) -> ErasureResult:
     """Run an erasure experiment (``ErasureSpec`` or its dict) on ``model``.
 
-    Rows of ``spec.dataset`` are split by group (``probes.grouped_split``, ``test_fraction``
-    held out); every eraser is fitted on the training groups only, a ``LogisticProbe`` is
-    re-trained on the erased training rows and scored on the erased held-out rows. ``acts``:
+    Rows of ``spec.dataset`` are split by group (``probes.grouped_split``, ``fractions``) three
+    ways: every eraser is fitted on the first part only; a ``LogisticProbe`` is re-trained on the
+    erased second part and scored on the erased third, so both are groups the eraser never saw
+    (the control dataset's probe trains on the first two parts). ``acts``:
     activations already captured (``{dataset name: Activations}``, last-token ``resid_post`` of
     every row of ``probes.labelled_rows(name)``, in order) reused instead of capturing again.
     """
@@ -250,7 +255,7 @@ def run_erasure(model: "TransformerBridge", spec: ErasureSpec | Mapping[str, Any
             m, obj = ex.method(name, probe_layers, ref, targets)
         methods[name], erasers[name] = m, obj
     info = {"n_rows": len(ds.rows), "n_control_rows": len(ctrl.rows) if ctrl else 0, "probe": "LogisticProbe",
-            "split": {"train": int(len(ds.tr)), "test": int(len(ds.te))}, "ablation": _ablation_impl(),
+            "split": {"eraser_fit": int(len(ds.fit)), "probe_train": int(len(ds.tr)), "probe_test": int(len(ds.te))}, "ablation": "editing.ablated (every residual write)",
             "model": getattr(model.cfg, "model_name", None)}
     return ErasureResult(spec, tuple(probe_layers), before, methods, info=info, erasers=erasers)
 
@@ -266,7 +271,9 @@ class _Data:
         self.groups = np.asarray([str(r.get("group", i)) for i, r in enumerate(rows)])
         self.family = (np.asarray([str(r[spec.family]) for r in rows]) if rows and all(r.get(spec.family) is not None for r in rows)
                        else None)
-        self.tr, self.te = grouped_split(y, self.groups, fractions=(1 - spec.test_fraction, spec.test_fraction), seed=spec.seed)
+        self.fit, self.tr, self.te = grouped_split(y, self.groups, fractions=spec.fractions, seed=spec.seed)
+        if name != spec.dataset:  # nothing is fitted on a control dataset: its probe trains on both parts
+            self.tr = np.sort(np.concatenate([self.fit, self.tr]))
 
     @classmethod
     def load(cls, model, spec: ErasureSpec, name: str, concept: str, acts: dict, layers: Sequence[int]) -> "_Data":
@@ -309,18 +316,18 @@ class _Experiment:
         spec, ds, L = self.spec, self.ds, self.spec.layer
         notes: list[str] = []
         if name == "scrub":
-            eraser, pre = self.scrub(ds.tr)
+            eraser, pre = self.scrub(ds.fit)
             concept = {layer: self.heldout(ds, _erase(eraser, layer, pre[layer])) for layer in eraser.layers}
             rest = [layer for layer in probe_layers if layer not in concept]
             concept.update(self.after(ds, eraser, rest))
             obj, rank, layers = eraser, _rank(eraser), eraser.layers
             notes.append("out of family not computed for scrub (a capture per layer per held-out family)")
         elif name == "ablation":
-            v = self.direction(ds.X[L][ds.tr], ds.y[ds.tr], ds.groups[ds.tr])
+            v = self.direction(ds.X[L][ds.fit], ds.y[ds.fit], ds.groups[ds.fit])
             concept = self.after(ds, v, probe_layers)
             obj, rank, layers = v, 1, list(range(int(self.model.cfg.n_layers)))
         else:
-            eraser = self.fit(name, ds.tr)
+            eraser = self.fit(name, ds.fit)
             concept = self.after(ds, eraser, probe_layers)
             obj, rank, layers = eraser, _rank(eraser), eraser.layers
         control = self.after(self.ctrl, obj, probe_layers) if self.ctrl else {}
@@ -440,7 +447,7 @@ class _Experiment:
             if len(np.unique(ds.y[inside])) < 2 or len(np.unique(ds.groups[inside])) < 4:
                 continue
             tr, te = (inside[s] for s in grouped_split(ds.y[inside], ds.groups[inside],
-                                                      fractions=(1 - spec.test_fraction, spec.test_fraction), seed=spec.seed))
+                                                      fractions=spec.fractions[1:], seed=spec.seed))
             if name == "ablation":
                 v = self.direction(ds.X[L][other], ds.y[other], ds.groups[other])
                 Xe = _project_out(ds.X[L], v)
@@ -550,26 +557,14 @@ def _random_like(obj: Any, rank: int, seed: int, d: int) -> Any:
     return ConceptEraser(out, info={"method": "random", "rank": rank})
 
 
-def _ablation_impl() -> str:
-    try:
-        from editing import orthogonalize as _o  # noqa: F401
-
-        return "editing.ablated (every residual write)"
-    except ImportError:
-        return "steer.apply(op='ablate', sites='all') at every layer"
-
-
 def _context(model, obj: Any):
     """The run-time intervention of a method: a ``ConceptEraser`` through ``steer.apply(op="leace")``
-    at every position, or directional ablation of a direction at every residual write."""
+    at every position, or directional ablation of a direction at every residual write
+    (``editing.orthogonalization.ablated``, equal to the weights orthogonalized against it)."""
     import steer
+    from editing.orthogonalization import ablated
 
     if isinstance(obj, torch.Tensor):
-        try:
-            from editing.orthogonalize import ablated
-        except ImportError:
-            return steer.apply(model, {layer: obj for layer in range(int(model.cfg.n_layers))}, op="ablate",
-                               sites="all", positions="all")
         return ablated(model, obj)
     return steer.apply(model, obj, op="leace", positions="all")
 

@@ -42,7 +42,7 @@ def datasets(tmp_path_factory):
 
 def spec(datasets, **kw):
     base = {"dataset": datasets[0], "control": datasets[1], "layer": 1, "C": 0.1, "max_new_tokens": 3,
-            "prompts": ["the cat"], "test_fraction": 0.3}
+            "prompts": ["the cat"]}
     return {**base, **kw}
 
 

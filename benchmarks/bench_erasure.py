@@ -1,0 +1,116 @@
+"""Concept erasure cost: LEACE eraser fit time per layer on the truthfulness dataset, and greedy
+generation tokens/s with no intervention, run-time LEACE (``steer.apply(op="leace")`` at one
+layer), run-time directional ablation at every residual write (``editing.ablated``) and the same
+ablation baked into the weights (``editing.orthogonalize``), ratios from one run.
+
+    python benchmarks/bench_erasure.py [--model gemma-3-270m] [--layer 6] [--new-tokens 32] [--rounds 6]
+                                       [--json benchmarks/out/erasure.json]
+
+The generation conditions run interleaved in rotating order, one timing of each per round, and the
+median of ``--rounds`` is reported, so background load hits every condition alike. Targets (issue
+14): baked ≥ 0.99× none, run-time ≥ 0.95× none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+import editing
+import steer
+import steerlens
+from probes import labelled_rows
+from steer.evaluate import NEUTRAL_OPENINGS
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="gemma-3-270m")
+    ap.add_argument("--layer", type=int, default=6)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--json", default=None, help="also write the results as JSON here")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    model = steerlens.load_model(args.model)
+    n_layers = int(model.cfg.n_layers)
+    out: dict = {"model": args.model, "layer": args.layer, "new_tokens": args.new_tokens, "prompts": args.prompts,
+                 "rounds": args.rounds, "threads": torch.get_num_threads()}
+
+    # 1. fit time per layer: capture every layer once, then fit each layer's eraser alone (streamed)
+    rows = labelled_rows("truthfulness")
+    t = time.perf_counter()
+    acts = steerlens.capture(model, [r["prompt"] for r in rows], "resid_post", pool="last", rows=rows,
+                             batch_size=32, progress=False)
+    out["n_rows"] = len(rows)
+    out["capture_all_layers_s"] = round(time.perf_counter() - t, 2)
+    fit_s = {layer: round(timed(lambda: steer.fit_eraser(acts, layers=[layer])), 3) for layer in range(n_layers)}
+    out["fit_s_per_layer"] = fit_s
+    out["fit_s_median"] = statistics.median(fit_s.values())
+    print(json.dumps({k: out[k] for k in ("capture_all_layers_s", "fit_s_median")}), file=sys.stderr, flush=True)
+
+    # 2. generation tokens/s: none, run-time LEACE, run-time ablation, baked ablation
+    eraser = steer.fit_eraser(acts, layers=[args.layer])
+    from probes.estimators import LogisticProbe
+
+    y = acts.labels
+    direction = LogisticProbe(C=0.1).fit(acts.numpy(f"blocks.{args.layer}.hook_resid_post"), y).direction
+    prompts = list(NEUTRAL_OPENINGS[: args.prompts])
+    kw = dict(max_new_tokens=args.new_tokens, stop_at_eos=False, return_tokens=True)
+    conditions = {
+        "none": lambda: steer.generate(model, prompts, **kw),
+        "leace_runtime": lambda: steer.generate(model, prompts, eraser, op="leace", positions="all", **kw),
+        "ablation_runtime": lambda: _under(editing.ablated(model, direction), lambda: steer.generate(model, prompts, **kw)),
+    }
+    names = [*conditions, "ablation_baked"]
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for fn in conditions.values():  # warm-up
+        fn()
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:  # rotating order
+            if name != "ablation_baked":
+                times[name].append(timed(conditions[name]))
+                continue
+            t = time.perf_counter()
+            handle = editing.orthogonalize(model, direction)  # the bake itself is not generation time
+            out.setdefault("bake_s", []).append(round(time.perf_counter() - t, 2))
+            try:
+                times[name].append(timed(lambda: steer.generate(model, prompts, **kw)))
+            finally:
+                t = time.perf_counter()
+                handle.revert()
+                out.setdefault("revert_s", []).append(round(time.perf_counter() - t, 2))
+        print(json.dumps({k: round(v[-1], 2) for k, v in times.items()}), file=sys.stderr, flush=True)
+    n_tok = len(prompts) * args.new_tokens
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out["tok_s"] = {k: round(n_tok / v, 2) for k, v in med.items()}
+    out["ratio_vs_none"] = {k: round(med["none"] / v, 3) for k, v in med.items() if k != "none"}
+    out["per_round_ratio_vs_none"] = {k: [round(a / b, 3) for a, b in zip(times["none"], v)] for k, v in times.items()
+                                      if k != "none"}
+    print(json.dumps(out, indent=1))
+    if args.json:
+        from steerlens.io import write_json
+
+        write_json(args.json, out)
+
+
+def _under(ctx, fn):
+    with ctx:
+        return fn()
+
+
+if __name__ == "__main__":
+    main()
