@@ -314,3 +314,28 @@ def test_bad_input_is_refused_and_changes_nothing(tiny, direction, kwargs, exc, 
         with ablated(tiny, direction, **kwargs):
             pass
     assert _restored(tiny, saved) and _tied(tiny) and count_hooks(tiny) == hooks
+
+
+@pytest.mark.parametrize("which", ["tiny", "tiny_gemma3"])
+def test_generation_with_the_kv_cache_matches_the_bake(which, request):
+    """The run-time ablation acts at every decoding step (one new column per call, KV cache)."""
+    from steer.generation import generate
+    from steerlens.steps import intervene
+
+    model = request.getfixturevalue(which)
+    r = _r(model, seed=6)
+    u = r / r.norm()
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    decode = []  # max |x·r̂| of the last residual at each decoding step (cached calls)
+
+    def watch(x, step):
+        if step is not None and step.past > 0:
+            decode.append(float((x[step.real].float() @ u.to(x.device)).abs().max()))
+
+    kw = dict(max_new_tokens=6, stop_at_eos=False, return_tokens=True)
+    with ablated(model, r), intervene(model, {last: watch}):
+        hooked = generate(model, PROMPTS, **kw)
+    with orthogonalized(model, r):
+        baked = generate(model, PROMPTS, **kw)
+    assert [list(map(int, t)) for t in hooked] == [list(map(int, t)) for t in baked]
+    assert len(decode) == kw["max_new_tokens"] - 1 and max(decode) < 1e-4
