@@ -4,6 +4,7 @@ LEACE concept erasers fitted on captured activations and applied the same way.
 
     v = steer.compute(model, "sentiment", layers=[6])            # mean_diff of the pairs
     v = steer.calibrate(model, v)                                # largest coeff with KL <= 0.1 nats
+    v = steer.calibrate(model, v, target_shift=0.3, ppl_budget=1.3)  # smallest coeff moving an outside judge
     with steer.apply(model, v, coeff=v.coeff, positions="all"):
         model.generate(...)
     steer.generate(model, prompts, [v1, v2, None], coeff=[4, 2, 0])   # one vector per row
@@ -40,8 +41,14 @@ if TYPE_CHECKING:
     from steer.vector import SteeringVector
 
 
+#: submodules reachable as attributes after a bare ``import steer`` (``steer.judges.VaderJudge``)
+_SUBMODULES = ("evaluate", "judges", "plots")
+
+
 def __getattr__(name: str):
     # Lazy, so `import steer` (and the CLI's --help) does not import torch/transformer-lens.
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return import_module(f"steer.{name}")
     raise AttributeError(f"module 'steer' has no attribute {name!r}")

@@ -1,6 +1,11 @@
-"""What steering buys and what it costs: ``sweep`` (behaviour, KL, perplexity and samples per
-coefficient, with a random same-norm control) and ``calibrate`` (the largest coefficient within
-a KL / perplexity budget on neutral text).
+"""What steering buys and what it costs: ``sweep`` (behaviour, KL, perplexity, degenerate-repetition
+rate and samples per coefficient, with a random same-norm control) and ``calibrate`` (the largest
+coefficient within a KL / perplexity budget on neutral text, or, with ``target_shift``, the
+smallest coefficient whose judged behaviour shift reaches the target, with the effect–cost curve).
+
+Behaviour is judged by a judge (``steer.judges``): any callable ``texts -> scores``, e.g. the
+external ``VaderJudge``; ``ProbeScore`` is a *probe judge* (it reads the model's activations along
+a direction learnt from the steering data, so it sees the injection itself: an extra check only).
 
 Cost is measured on neutral text (``steerlens.neutral.NEUTRAL_TEXTS`` by default) with steering
 at every real position: KL(p_base ‖ p_steered) of the next-token distributions, averaged over the
@@ -19,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from steer.generation import generate
+from steer.judges import VaderJudge, degenerate_rate, judge_texts
 from steer.steering import Steering
 from steer.inputs import Positions, Site
 from steer.operators import Op
@@ -29,7 +35,8 @@ from steerlens.neutral import NEUTRAL_TEXTS, kl, next_token_logprobs, next_token
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-#: neutral openings for generation
+#: neutral openings for generation, and the default prompts of ``calibrate(target_shift=...)``;
+#: judge a calibrated vector on other prompts (``steer.judges.HELD_OUT_OPENINGS``)
 NEUTRAL_OPENINGS: tuple[str, ...] = (
     "I went to the store and",
     "Today the weather",
@@ -59,7 +66,8 @@ class LogitDiff:
 
 @dataclass(frozen=True)
 class ProbeScore:
-    """Behaviour = ``probe.predict_proba(...)[:, 1]`` on the unsteered model's ``resid_post``
+    """A probe judge (it reads the direction that was injected: an extra check, not an external
+    judge). Behaviour = ``probe.predict_proba(...)[:, 1]`` on the unsteered model's ``resid_post``
     activations at ``layer`` of each generated continuation, pooled as the probe was fitted.
 
     ``pool=None`` (default) takes the pooling recorded with the probe, ``probe.meta_["pool"]``
@@ -72,7 +80,7 @@ class ProbeScore:
     probe: Any
     layer: int
     pool: Literal["last", "mean"] | None = None
-    name: str = "probe"
+    name: str = "probe judge"
 
     def __post_init__(self):
         if self.pool not in (None, "last", "mean"):
@@ -96,6 +104,7 @@ class ProbeScore:
 
 
 Behaviour = Callable[[list[str]], Sequence[float]] | LogitDiff | ProbeScore | None
+Metric = Literal["positive_share", "negative_share", "mean"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,9 @@ class SweepPoint:
     ppl_ratio: float
     samples: tuple[str, ...] = ()
     scores: tuple[float, ...] = ()
+    positive_share: float | None = None  # judge score >= judge.threshold (judges with a threshold)
+    negative_share: float | None = None  # judge score <= -judge.threshold
+    degenerate: float | None = None  # steer.judges.degenerate_rate of the samples
 
 
 @dataclass(frozen=True)
@@ -196,10 +208,12 @@ def sweep(model: "TransformerBridge", vector: SteeringVector, coeffs: Sequence[f
                              max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
                              batch_size=batch_size, **kw)
             scores = _behaviour(model, behaviour, prompts, texts, vec, c, kw, batch_size)
+            pos, neg = _shares(behaviour, scores)
             out[name].append(SweepPoint(
                 coeff=c, behaviour=None if scores is None else float(sum(scores) / len(scores)),
                 kl=cost.kl, ppl=cost.ppl, ppl_ratio=cost.ppl_ratio, samples=tuple(texts),
-                scores=tuple(scores or ())))
+                scores=tuple(scores or ()), positive_share=pos, negative_share=neg,
+                degenerate=degenerate_rate(texts)))
             bar.update()
     bar.close()
     meta = {"vector": {k: v for k, v in vector.metadata().items() if k != "info"}, "op": op,
@@ -210,6 +224,13 @@ def sweep(model: "TransformerBridge", vector: SteeringVector, coeffs: Sequence[f
         meta["probe"] = {"layer": behaviour.layer, "pool": behaviour.pool}
     return SteeringSweep(tuple(out["vector"]), tuple(out.get("control", ())), base.ppl,
                        _behaviour_name(behaviour), tuple(prompts), meta)
+
+
+def _shares(judge, scores) -> tuple[float | None, float | None]:
+    t = getattr(judge, "threshold", None)
+    if scores is None or t is None:
+        return None, None
+    return sum(s >= t for s in scores) / len(scores), sum(s <= -t for s in scores) / len(scores)
 
 
 def _behaviour_name(b: Behaviour) -> str:
@@ -290,15 +311,37 @@ def calibrate(model: "TransformerBridge", vector: SteeringVector, *, kl_budget: 
               ppl_budget: float | None = None, texts: Sequence[str] = NEUTRAL_TEXTS, layers=None,
               op: Literal["add", "add_norm"] = "add", sites: Site | Sequence[Site] | None = None,
               start: float = 0.25, max_coeff: float = 256.0, steps: int = 6, batch_size: int = 8,
-              force: bool = False) -> SteeringVector:
-    """The largest coefficient whose mean KL on neutral ``texts`` stays <= ``kl_budget`` nats (and/or
-    whose perplexity ratio stays <= ``ppl_budget``), stored in the returned vector's ``coeff``
-    with the search details in ``info["calibration"]``.
+              force: bool = False, target_shift: float | None = None, judge: Behaviour = None,
+              metric: Metric = "positive_share", prompts: Sequence[str] = NEUTRAL_OPENINGS,
+              max_new_tokens: int = 20, max_degenerate: float | None = None,
+              progress: bool = False) -> SteeringVector:
+    """Cost mode (default): the largest coefficient whose mean KL on neutral ``texts`` stays <=
+    ``kl_budget`` nats (and/or whose perplexity ratio stays <= ``ppl_budget``), stored in the
+    returned vector's ``coeff`` with the search details in ``info["calibration"]``.
 
     Doubles from ``start`` until the budget is exceeded (halves if ``start`` already exceeds
     it), then bisects in log space for ``steps`` steps. KL grows with the coefficient but is not
     guaranteed monotone, so the result is the largest coefficient *tried* within budget.
+
+    Behaviour mode (``target_shift`` given): the smallest coefficient whose judged shift
+    ``metric(steered) − metric(unsteered)`` on greedy continuations of ``prompts`` reaches
+    ``target_shift``, within ``ppl_budget`` and ``max_degenerate`` when given (``kl_budget`` is
+    not used). ``judge`` defaults to ``steer.judges.VaderJudge()``; ``metric`` is the judge's
+    ``"positive_share"``, ``"negative_share"`` (a negative target lowers it) or ``"mean"`` score.
+    Doubles from ``start`` until the target is reached, then bisects ``steps`` times; the result
+    is the smallest coefficient *tried* that reached it. ``info["calibration"]["tried"]`` is the
+    effect–cost curve (shift, shares, KL, perplexity ratio, degenerate rate per coefficient);
+    ``steer.plots.calibration_figure`` draws it with the chosen point marked. If no coefficient
+    up to ``max_coeff`` reaches the target within the caps, a warning says so and the vector gets
+    the coefficient with the largest shift within the caps (``info["calibration"]["reached"]`` False).
+    Judge the result on prompts other than ``prompts`` (``steer.judges.HELD_OUT_OPENINGS``).
     """
+    if target_shift is not None:
+        return _calibrate_behaviour(model, vector, target_shift=target_shift, judge=judge, metric=metric,
+                                    prompts=prompts, max_new_tokens=max_new_tokens, ppl_budget=ppl_budget,
+                                    max_degenerate=max_degenerate, texts=texts, layers=layers, op=op, sites=sites,
+                                    start=start, max_coeff=max_coeff, steps=steps, batch_size=batch_size,
+                                    force=force, progress=progress)
     if kl_budget is None and ppl_budget is None:
         raise ValueError("give kl_budget and/or ppl_budget")
     for name, b in (("kl_budget", kl_budget), ("ppl_budget", ppl_budget)):
@@ -357,3 +400,91 @@ def calibrate(model: "TransformerBridge", vector: SteeringVector, *, kl_budget: 
                "baseline_ppl": base.ppl, "tried": sorted(tried, key=lambda t: t["coeff"]),
                **{k: v for k, v in next(t for t in tried if t["coeff"] == best).items() if k in ("kl", "ppl_ratio")}}
     return vector.with_coeff(best, calibration=details)
+
+
+def _calibrate_behaviour(model, vector: SteeringVector, *, target_shift: float, judge: Behaviour, metric: Metric,
+                         prompts: Sequence[str], max_new_tokens: int, ppl_budget: float | None,
+                         max_degenerate: float | None, texts: Sequence[str], layers, op, sites, start: float,
+                         max_coeff: float, steps: int, batch_size: int, force: bool, progress: bool) -> SteeringVector:
+    from tqdm.auto import tqdm
+
+    if not (isinstance(target_shift, (int, float)) and math.isfinite(target_shift) and target_shift != 0):
+        raise ValueError(f"target_shift must be a non-zero finite number, got {target_shift!r}")
+    if metric not in ("positive_share", "negative_share", "mean"):
+        raise ValueError(f"metric must be 'positive_share', 'negative_share' or 'mean', got {metric!r}")
+    judge = VaderJudge() if judge is None else judge
+    if isinstance(judge, (LogitDiff, ProbeScore)) or not callable(judge):
+        raise TypeError("calibrate(target_shift=...) needs a judge: a callable texts -> scores (e.g. "
+                        f"steer.judges.VaderJudge()), got {type(judge).__name__}")
+    if metric != "mean" and getattr(judge, "threshold", None) is None:
+        raise ValueError(f"metric={metric!r} needs a judge with a threshold attribute; use metric='mean'")
+    if ppl_budget is not None and not (math.isfinite(ppl_budget) and ppl_budget > 1):
+        raise ValueError(f"ppl_budget is a perplexity ratio and must be > 1, got {ppl_budget}")
+    if max_degenerate is not None and not 0 <= max_degenerate <= 1:
+        raise ValueError(f"max_degenerate is a fraction in [0, 1], got {max_degenerate}")
+    if op not in ("add", "add_norm"):
+        raise ValueError(f"calibrate searches a coefficient for op 'add' or 'add_norm', got {op!r}")
+    if not (math.isfinite(start) and start > 0 and math.isfinite(max_coeff) and max_coeff >= start):
+        raise ValueError(f"need 0 < start <= max_coeff, got start={start}, max_coeff={max_coeff}")
+    vector.check_compatible(model, force=force)
+    prompts = list(prompts)
+    base = _Baseline(model, texts, batch_size)
+    kw = dict(layers=layers, op=op, sites=sites, force=force)
+    bar = tqdm(desc="calibrate", unit="coeff", disable=not progress)
+
+    def judged(c: float) -> dict[str, Any]:
+        outs = generate(model, prompts, vector if c else None, coeff=c if c else None, positions="all",
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, **kw)
+        j = judge_texts(judge, [t if t.strip() else p + t for p, t in zip(prompts, outs)])
+        cost = base.cost(Steering(model, vector, coeff=c, **kw) if c else None)
+        bar.update()
+        return {"coeff": c, "value": j.mean if metric == "mean" else getattr(j, metric), "mean": j.mean,
+                "positive_share": j.positive_share, "negative_share": j.negative_share,
+                "degenerate": degenerate_rate(outs), "kl": cost.kl, "ppl_ratio": cost.ppl_ratio}
+
+    baseline = judged(0.0)
+    tried: list[dict[str, Any]] = []
+
+    def reached(c: float) -> bool:
+        t = judged(c)
+        t["shift"] = t["value"] - baseline["value"]
+        t["within_caps"] = ((ppl_budget is None or t["ppl_ratio"] <= ppl_budget)
+                            and (max_degenerate is None or t["degenerate"] <= max_degenerate))
+        t["ok"] = t["within_caps"] and (t["shift"] >= target_shift if target_shift > 0 else t["shift"] <= target_shift)
+        tried.append(t)
+        return t["ok"]
+
+    lo, hi, c = None, None, start  # lo: largest tried that did not reach; hi: smallest that did
+    while True:
+        if reached(c):
+            hi = c
+            break
+        if not tried[-1]["within_caps"] or c >= max_coeff:  # stronger only costs more
+            break
+        lo, c = c, min(c * 2, max_coeff)
+    if hi is not None:
+        lo = lo if lo is not None else c / 2
+        for _ in range(steps):
+            mid = math.sqrt(lo * hi)
+            if reached(mid):
+                hi = mid
+            else:
+                lo = mid
+    bar.close()
+    ok = [t for t in tried if t["ok"]]
+    if ok:
+        best = min(ok, key=lambda t: t["coeff"])
+    else:
+        within = [t for t in tried if t["within_caps"]] or tried
+        best = max(within, key=lambda t: t["shift"] * (1 if target_shift > 0 else -1))
+        warnings.warn(f"calibrate: no coefficient tried (up to {max(t['coeff'] for t in tried):g}) reached "
+                      f"target_shift={target_shift} of {metric} within the caps; the best shift was "
+                      f"{best['shift']:.3f} at coefficient {best['coeff']:g}", stacklevel=3)
+    judge_name = getattr(judge, "name", None) or getattr(judge, "__name__", None) or type(judge).__name__
+    details = {"mode": "behaviour", "coeff": best["coeff"], "target_shift": target_shift, "metric": metric, "judge": judge_name,
+               "reached": bool(ok), "ppl_budget": ppl_budget, "max_degenerate": max_degenerate, "op": op,
+               "prompts": prompts, "max_new_tokens": max_new_tokens, "n_texts": len(texts),
+               "layers": vector.layers if layers is None else layers, "baseline_ppl": base.ppl,
+               "baseline": baseline, "tried": sorted(tried, key=lambda t: t["coeff"]),
+               **{k: best[k] for k in ("shift", "kl", "ppl_ratio", "degenerate", "positive_share", "negative_share")}}
+    return vector.with_coeff(best["coeff"], calibration=details)

@@ -170,3 +170,83 @@ def test_probe_score_default_follows_the_probes_own_record(tiny):
                                  progress=False)
         probe = probes.sweep_layers(acts, methods=["mean_diff"], controls=False, n_boot=0).probe
         assert ProbeScore(probe, 2).resolve_pool() == pool
+
+
+# -- judges in sweep and calibration ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def a_vector(tiny):
+    """The unembedding row of byte "a" at the last block: a large coefficient makes the tiny model write "a"s."""
+    aid = tiny.tokenizer("a", add_special_tokens=False)["input_ids"][0]
+    w = tiny.original_model.get_output_embeddings().weight.detach()[aid]
+    return SteeringVector({2: w / w.norm()}, method="test")
+
+
+class _AShare:
+    """A user's own judge: the fraction of "a" characters; 'positive' when at least half."""
+
+    threshold = 0.5
+    name = "a-share"
+
+    def __call__(self, texts):
+        return [t.count("a") / max(len(t), 1) for t in texts]
+
+
+def test_sweep_reports_judge_shares_and_degenerate_rate(tiny, a_vector):
+    res = steer.sweep(tiny, a_vector, [0.0, 4.0], PROMPTS, behaviour=_AShare(), neutral=TEXTS, max_new_tokens=6,
+                      control=False, progress=False)
+    plain, steered = res.points
+    assert res.behaviour == "a-share"
+    assert plain.positive_share == sum(s >= 0.5 for s in plain.scores) / 3 < steered.positive_share == 1.0
+    assert steered.degenerate == 1.0  # "aaaaaa" is one word: too short to be a continuation
+    no_threshold = steer.sweep(tiny, a_vector, [0.0], PROMPTS, behaviour=lambda ts: [0.0] * len(ts), neutral=TEXTS,
+                               max_new_tokens=2, control=False, progress=False).points[0]
+    assert no_threshold.positive_share is None and no_threshold.degenerate is not None
+
+
+def test_calibrate_to_a_behaviour_shift_finds_the_smallest_coefficient(tiny, a_vector, tmp_path):
+    cal = steer.calibrate(tiny, a_vector, target_shift=0.6, judge=_AShare(), prompts=PROMPTS, texts=TEXTS,
+                          max_new_tokens=6, start=0.01, steps=4)
+    info = cal.info["calibration"]
+    assert info["mode"] == "behaviour" and info["reached"] and info["judge"] == "a-share"
+    assert info["shift"] >= 0.6 and cal.coeff == info["coeff"]
+    # the chosen coefficient is the smallest tried that reached the target, and bisection closed in on it
+    below = [t for t in info["tried"] if t["coeff"] < cal.coeff]
+    assert below and not any(t["ok"] for t in below)
+    assert cal.coeff / max(t["coeff"] for t in below) < 1.2
+    chosen = next(t for t in info["tried"] if t["coeff"] == cal.coeff)
+    assert chosen["kl"] == pytest.approx(steering_cost(tiny, a_vector, cal.coeff, texts=TEXTS).kl, rel=1e-4)
+    assert info["baseline"]["coeff"] == 0.0 and info["baseline"]["kl"] == 0.0
+    # the effect-cost curve: figure (chosen point marked) and a report
+    from steer.plots import calibration_figure
+
+    fig = calibration_figure(cal)
+    stars = [t for t in fig.data if t.name == "chosen"]
+    assert len(stars) == 2 and stars[0].x[0] == cal.coeff
+    path = steer.write_report(cal, tmp_path / "cal")
+    data = json.loads((tmp_path / "cal" / "report.json").read_text())
+    assert data["calibration"]["coeff"] == cal.coeff and "chosen" in path.read_text()
+
+
+def test_calibrate_to_a_shift_it_cannot_reach_warns(tiny, a_vector):
+    with pytest.warns(UserWarning, match="reached"):
+        cal = steer.calibrate(tiny, a_vector, target_shift=0.6, judge=_AShare(), prompts=PROMPTS, texts=TEXTS,
+                              max_new_tokens=4, start=0.01, max_coeff=0.04, steps=1)
+    assert not cal.info["calibration"]["reached"] and cal.coeff <= 0.04
+    with pytest.warns(UserWarning, match="caps"):  # every tiny-model continuation is degenerate
+        cal = steer.calibrate(tiny, a_vector, target_shift=0.6, judge=_AShare(), prompts=PROMPTS, texts=TEXTS,
+                              max_new_tokens=4, start=0.01, max_degenerate=0.0, steps=1)
+    assert [t["coeff"] for t in cal.info["calibration"]["tried"]] == [0.01]  # stronger only costs more: stop
+
+
+def test_calibrate_behaviour_errors(tiny, a_vector):
+    kw = dict(prompts=PROMPTS, texts=TEXTS, max_new_tokens=2)
+    with pytest.raises(ValueError, match="target_shift"):
+        steer.calibrate(tiny, a_vector, target_shift=0.0, judge=_AShare(), **kw)
+    with pytest.raises(ValueError, match="metric"):
+        steer.calibrate(tiny, a_vector, target_shift=0.3, judge=_AShare(), metric="median", **kw)
+    with pytest.raises(ValueError, match="threshold"):
+        steer.calibrate(tiny, a_vector, target_shift=0.3, judge=lambda ts: [0.0] * len(ts), **kw)
+    with pytest.raises(TypeError, match="needs a judge"):
+        steer.calibrate(tiny, a_vector, target_shift=0.3, judge=LogitDiff(["a"], ["b"]), **kw)
+    with pytest.raises(ValueError, match="max_degenerate"):
+        steer.calibrate(tiny, a_vector, target_shift=0.3, judge=_AShare(), max_degenerate=2, **kw)
