@@ -49,8 +49,9 @@ class ErasureSpec:
     ``leace_negations``. ``C``: the re-trained probes' inverse regularisation (``None``: chosen by
     grouped cross-validation on each training split). ``rounds``/``chance``: the iterated method's limits. ``limit``: at most this
     many rows per dataset (whole groups, seeded). ``prompts``/``max_new_tokens``: greedy samples. ``fractions``: the
-    grouped split of the concept's rows into the eraser's fitting rows, the re-trained probe's
-    training rows and its test rows (the probe never sees a group the eraser was fitted on).
+    grouped split of the concept's rows into the eraser's fitting rows (also the re-trained probe's
+    training rows), rows the eraser never saw (the ``concept_unseen`` probe's training rows) and
+    held-out test rows.
     """
 
     dataset: str = "truthfulness"
@@ -147,8 +148,11 @@ class ErasureSpec:
 class ErasureResult:
     """The numbers of one experiment (``run_erasure``), JSON-ready through ``to_dict``.
 
-    ``before``: ``{"concept": {layer: AUROC}, "control": {layer: AUROC}, "perplexity", "generations"}``
-    (held-out groups; a probe re-trained per layer). ``methods``: per method the same after
+    ``before``: ``{"concept": {layer: AUROC}, "concept_unseen": {...}, "control": {layer: AUROC},
+    "perplexity", "generations"}``: test AUROC on held-out groups of a probe re-trained per layer on
+    the eraser's own fitting rows (``concept``, the usual protocol) or on a further part of the
+    groups the eraser never saw (``concept_unseen``: does the erasure carry over to new statements of
+    the same kind?). ``methods``: per method the same after
     erasure plus ``kl`` (nats/token vs the unerased model), ``rank``, ``layers``, ``out_of_family``
     (``{"by_family": {f: {"before", "after"}}, "mean", "max"}``, or ``None`` where not computed,
     with the reason in ``notes``), ``random`` (a same-rank random subspace at the same layers:
@@ -176,7 +180,8 @@ class ErasureResult:
             oof = m.get("out_of_family") or {}
             rows.append({
                 "method": name, "rank": m["rank"], "concept_before": self.before["concept"].get(L),
-                "concept_after": m["concept"].get(L), "control_before": self.before["control"].get(L),
+                "concept_after": m["concept"].get(L), "concept_unseen_before": self.before["concept_unseen"].get(L),
+                "concept_unseen_after": m["concept_unseen"].get(L), "control_before": self.before["control"].get(L),
                 "control_after": m["control"].get(L), "out_of_family_mean": oof.get("mean"),
                 "out_of_family_max": oof.get("max"), "kl": m["kl"], "perplexity": m["perplexity"],
                 "random_kl": m["random"]["kl"], "random_perplexity": m["random"]["perplexity"],
@@ -223,8 +228,8 @@ def run_erasure(model: "TransformerBridge", spec: ErasureSpec | Mapping[str, Any
 
     Rows of ``spec.dataset`` are split by group (``probes.grouped_split``, ``fractions``) three
     ways: every eraser is fitted on the first part only; a ``LogisticProbe`` is re-trained on the
-    erased second part and scored on the erased third, so both are groups the eraser never saw
-    (the control dataset's probe trains on the first two parts). ``acts``:
+    erased first part (``concept``) or the erased second part (``concept_unseen``) and scored on the
+    erased third, held-out groups (the control dataset's probe trains on the first two parts). ``acts``:
     activations already captured (``{dataset name: Activations}``, last-token ``resid_post`` of
     every row of ``probes.labelled_rows(name)``, in order) reused instead of capturing again.
     """
@@ -243,7 +248,8 @@ def run_erasure(model: "TransformerBridge", spec: ErasureSpec | Mapping[str, Any
     ex = _Experiment(model, spec, ds, ctrl, acts)
 
     with threadpool_limits(limits=1):  # small logistic fits run fastest single-threaded
-        before = {"concept": {layer: ex.heldout(ds, ds.X[layer]) for layer in probe_layers},
+        pairs = {layer: ex.both(ds, ds.X[layer]) for layer in probe_layers}
+        before = {"concept": {k: v[0] for k, v in pairs.items()}, "concept_unseen": {k: v[1] for k, v in pairs.items()},
                   "control": {layer: ex.heldout(ctrl, ctrl.X[layer]) for layer in probe_layers} if ctrl else {}}
     ref = next_token_logprobs(model)
     targets = next_tokens(model)
@@ -272,8 +278,10 @@ class _Data:
         self.family = (np.asarray([str(r[spec.family]) for r in rows]) if rows and all(r.get(spec.family) is not None for r in rows)
                        else None)
         self.fit, self.tr, self.te = grouped_split(y, self.groups, fractions=spec.fractions, seed=spec.seed)
-        if name != spec.dataset:  # nothing is fitted on a control dataset: its probe trains on both parts
-            self.tr = np.sort(np.concatenate([self.fit, self.tr]))
+        if name == spec.dataset:  # the probe re-trained on the eraser's own rows, and on rows it never saw
+            self.probe_tr, self.unseen_tr = self.fit, self.tr
+        else:  # nothing is fitted on a control dataset: its probe trains on both parts
+            self.probe_tr, self.unseen_tr = np.sort(np.concatenate([self.fit, self.tr])), None
 
     @classmethod
     def load(cls, model, spec: ErasureSpec, name: str, concept: str, acts: dict, layers: Sequence[int]) -> "_Data":
@@ -305,8 +313,13 @@ class _Experiment:
 
     # -- probes ---------------------------------------------------------------------------------
     def heldout(self, d: _Data, X: np.ndarray, tr: np.ndarray | None = None, te: np.ndarray | None = None) -> float:
-        """Test AUROC of a ``LogisticProbe`` re-trained on ``X[tr]`` (grouped C selection)."""
-        return _probe_auroc(X, d.y, d.groups, d.tr if tr is None else tr, d.te if te is None else te, self.spec)
+        """Test AUROC (held-out groups) of a ``LogisticProbe`` re-trained on ``X[tr]`` (default: the
+        eraser's fitting rows)."""
+        return _probe_auroc(X, d.y, d.groups, d.probe_tr if tr is None else tr, d.te if te is None else te, self.spec)
+
+    def both(self, d: _Data, X: np.ndarray) -> tuple[float, float | None]:
+        """``heldout`` with the probe trained on the eraser's rows, and on rows the eraser never saw."""
+        return self.heldout(d, X), (None if d.unseen_tr is None else self.heldout(d, X, d.unseen_tr))
 
     # -- one method -----------------------------------------------------------------------------
     def method(self, name: str, probe_layers, ref, targets) -> tuple[dict, Any]:
@@ -317,9 +330,10 @@ class _Experiment:
         notes: list[str] = []
         if name == "scrub":
             eraser, pre = self.scrub(ds.fit)
-            concept = {layer: self.heldout(ds, _erase(eraser, layer, pre[layer])) for layer in eraser.layers}
+            concept = {layer: self.both(ds, _erase(eraser, layer, pre[layer])) for layer in eraser.layers}
             rest = [layer for layer in probe_layers if layer not in concept]
             concept.update(self.after(ds, eraser, rest))
+            concept = dict(sorted(concept.items()))
             obj, rank, layers = eraser, _rank(eraser), eraser.layers
             notes.append("out of family not computed for scrub (a capture per layer per held-out family)")
         elif name == "ablation":
@@ -330,7 +344,7 @@ class _Experiment:
             eraser = self.fit(name, ds.fit)
             concept = self.after(ds, eraser, probe_layers)
             obj, rank, layers = eraser, _rank(eraser), eraser.layers
-        control = self.after(self.ctrl, obj, probe_layers) if self.ctrl else {}
+        control = {k: v[0] for k, v in self.after(self.ctrl, obj, probe_layers).items()} if self.ctrl else {}
         with _context(self.model, obj):
             cur = next_token_logprobs(self.model)
         gens = _generate(self.model, spec, _context(self.model, obj))
@@ -345,7 +359,8 @@ class _Experiment:
         elif isinstance(rnd, torch.Tensor):
             rnd_concept[L] = self.heldout(ds, _project_out(ds.X[L], rnd))
             notes.append("random control's AUROC: the random direction projected out at the erased layer only")
-        out = {"rank": rank, "layers": list(layers), "concept": concept, "control": control,
+        out = {"rank": rank, "layers": list(layers), "concept": {k: v[0] for k, v in concept.items()},
+               "concept_unseen": {k: v[1] for k, v in concept.items()}, "control": control,
                "kl": kl(ref, cur), "perplexity": perplexity(cur, targets), "generations": gens,
                "out_of_family": oof,
                "random": {"rank": rank, "kl": kl(ref, cur_r), "perplexity": perplexity(cur_r, targets), "concept": rnd_concept},
@@ -354,7 +369,7 @@ class _Experiment:
             out["rounds"] = self._rounds
         return out, obj
 
-    def after(self, d: _Data, obj: Any, layers: Sequence[int]) -> dict[int, float]:
+    def after(self, d: _Data, obj: Any, layers: Sequence[int]) -> dict[int, tuple[float, float | None]]:
         """Held-out AUROC at ``layers`` with ``obj`` applied: offline where exact (an eraser at one
         layer, read at that layer or below), else through a capture under the intervention."""
         from steer.leace import ConceptEraser
@@ -362,14 +377,14 @@ class _Experiment:
         out, recapture = {}, []
         for layer in layers:
             if isinstance(obj, ConceptEraser) and layer < min(obj.layers):
-                out[layer] = self.heldout(d, d.X[layer])
+                out[layer] = self.both(d, d.X[layer])
             elif isinstance(obj, ConceptEraser) and obj.layers == [layer]:
-                out[layer] = self.heldout(d, _erase(obj, layer, d.X[layer]))
+                out[layer] = self.both(d, _erase(obj, layer, d.X[layer]))
             else:
                 recapture.append(layer)
         if recapture:
             X = _capture(self.model, d.prompts, recapture, self.spec.batch_size, _context(self.model, obj))
-            out.update({layer: self.heldout(d, X[layer]) for layer in recapture})
+            out.update({layer: self.both(d, X[layer]) for layer in recapture})
         return dict(sorted(out.items()))
 
     # -- fitting ----------------------------------------------------------------------------------

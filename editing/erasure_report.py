@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
 _COLUMNS = [
     ("method", "method"), ("rank", "rank"), ("concept_before", "concept AUROC before"),
-    ("concept_after", "after"), ("out_of_family_mean", "out of family (mean)"), ("out_of_family_max", "(max)"),
+    ("concept_after", "after"), ("concept_unseen_before", "probe on unseen groups: before"),
+    ("concept_unseen_after", "after"), ("out_of_family_mean", "out of family (mean)"), ("out_of_family_max", "(max)"),
     ("control_before", "control AUROC before"), ("control_after", "after"), ("kl", "KL (nats/token)"),
     ("perplexity", "perplexity"), ("random_kl", "random subspace KL"), ("random_perplexity", "random perplexity"),
     ("random_concept_after", "random: concept AUROC"),
@@ -39,9 +40,11 @@ def write_erasure_report(result: "ErasureResult", out: str | os.PathLike, *,
     page = Page(title)
     page.paragraph("Concept ", bold(f"{spec.concept!r} of {spec.dataset}"), f", erased at resid_post of layer {spec.layer}; "
                    f"control concept: {spec.control or 'none'}; {result.info.get('n_rows')} rows "
-                   f"({result.info.get('split')}, split by group). Every probe is a LogisticProbe re-trained on the "
-                   "erased training groups and scored on held-out groups; the random control erases a random "
-                   "subspace of the same rank at the same layers.")
+                   f"({result.info.get('split')}, split by group). Every probe is a LogisticProbe re-trained on "
+                   "erased activations and scored on held-out groups: trained on the eraser's own fitting rows "
+                   "(concept AUROC), or on groups the eraser never saw (unseen groups); out of family, on a "
+                   "family the eraser never saw. The random control erases a random subspace of the same rank "
+                   "at the same layers.")
     page.section("Summary")
     rows = result.summary()
     page.table([[r[k] for k, _ in _COLUMNS] for r in rows], [h for _, h in _COLUMNS], fmt=_fmt)

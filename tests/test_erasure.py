@@ -55,7 +55,8 @@ def result(tiny, datasets):
 def test_leace_erases_the_concept_and_keeps_the_control(result):
     b, m = result.before, result.methods["leace"]
     assert b["concept"][1] > 0.9  # readable before
-    assert m["concept"][1] <= 0.6  # re-trained on erased training groups, scored on held-out groups
+    assert m["concept"][1] <= 0.6  # re-trained on the eraser's erased rows, scored on held-out groups
+    assert set(m["concept_unseen"]) == {0, 1, 2} and b["concept_unseen"][1] > 0.9
     assert m["control"][1] >= b["control"][1] - 0.05 and b["control"][1] > 0.9
     assert m["rank"] == 1 and m["layers"] == [1]
     assert m["kl"] >= 0 and np.isfinite(m["perplexity"]) and len(m["generations"]) == 1
