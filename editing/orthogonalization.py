@@ -109,7 +109,7 @@ def _gain(norm: torch.nn.Module, where: str) -> Float[torch.Tensor, " d"]:
     if not isinstance(w, torch.Tensor) or w.ndim != 1 or eps is None:
         raise TypeError(f"unsupported architecture: the post-norm {where} ({type(norm).__name__}) is not an "
                         "RMSNorm with an elementwise weight")
-    x = torch.randn(4, w.numel(), generator=torch.Generator().manual_seed(0)).to(w.device, w.dtype)
+    x = torch.randn(4, w.numel(), generator=torch.Generator().manual_seed(0)).to(w.device)  # float32: HF norms upcast
     got = norm(x).float()
     base = x.float() / (x.float().pow(2).mean(-1, keepdim=True) + float(eps)).sqrt()
     for g in (1.0 + w.float(), w.float()):

@@ -25,14 +25,15 @@ PROMPTS = ["Bob lives in the city of", "a stitch", "many hands make light work, 
 MODELS = ["tiny", "tiny_llama", "tiny_gemma3"]
 
 
-def _boot(path, hf_model, model_name):
+def _boot(path, hf_model, model_name, dtype=torch.float32):
     from transformer_lens.model_bridge import TransformerBridge
 
     from steerlens.tiny import byte_tokenizer
 
-    hf_model.save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
-    model = TransformerBridge.boot_transformers(str(path), device="cpu", dtype=torch.float32)
+    if hf_model is not None:
+        hf_model.save_pretrained(path)
+        byte_tokenizer().save_pretrained(path)
+    model = TransformerBridge.boot_transformers(str(path), device="cpu", dtype=dtype)
     model.eval()
     model.requires_grad_(False)
     model.cfg.model_name = model_name
@@ -53,10 +54,12 @@ def tiny_llama(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_gemma3(tmp_path_factory):
-    """A 2-block random Gemma 3: sandwich norms (random gains, so g ⊙ r differs from r), scaled
-    embedding, tied unembedding."""
+def tiny_gemma3_dir(tmp_path_factory):
+    """A saved 2-block random Gemma 3: sandwich norms (random gains, so g ⊙ r differs from r),
+    scaled embedding, tied unembedding."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from steerlens.tiny import byte_tokenizer
 
     cfg = Gemma3TextConfig(vocab_size=257, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
@@ -68,7 +71,15 @@ def tiny_gemma3(tmp_path_factory):
         for name, p in hf.named_parameters():
             if "norm" in name:
                 p.normal_(0.0, 0.5)
-    return _boot(tmp_path_factory.mktemp("tiny-gemma3"), hf, "tiny-gemma3")
+    path = tmp_path_factory.mktemp("tiny-gemma3")
+    hf.save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3(tiny_gemma3_dir):
+    return _boot(tiny_gemma3_dir, None, "tiny-gemma3")
 
 
 def _batch(model):
@@ -339,3 +350,22 @@ def test_generation_with_the_kv_cache_matches_the_bake(which, request):
         baked = generate(model, PROMPTS, **kw)
     assert [list(map(int, t)) for t in hooked] == [list(map(int, t)) for t in baked]
     assert len(decode) == kw["max_new_tokens"] - 1 and max(decode) < 1e-4
+
+
+def test_bf16_sandwich_model_bakes_in_float32_and_reverts_bit_exactly(tiny_gemma3_dir):
+    model = _boot(tiny_gemma3_dir, None, "tiny-gemma3-bf16", dtype=torch.bfloat16)
+    saved = _params(model)
+    r = _r(model, seed=7)
+    u = r / r.norm()
+    ids, mask = _batch(model)
+    names = [f"blocks.{L}.hook_resid_post" for L in range(model.cfg.n_layers)]
+    with ablated(model, r):
+        _, hooked = model.run_with_cache(ids, attention_mask=mask, names_filter=names)
+    with orthogonalized(model, r) as h:
+        assert all(p.dtype == torch.bfloat16 for p in model.original_model.parameters())
+        _, baked = model.run_with_cache(ids, attention_mask=mask, names_filter=names)
+    assert h.reverted and _restored(model, saved) and _tied(model)
+    for cache in (hooked, baked):
+        for name in names:
+            x = cache[name][mask.bool()].float()
+            assert ((x @ u).abs() / x.norm(dim=-1).clamp_min(1e-6)).max() < 2e-2, name  # bf16 rounding; unablated ~0.1
