@@ -36,7 +36,13 @@ closed-loop waves) for the batching modes and 16 for sequential (one per client,
 latencies are a queueing ramp); 4 / 8 / 32 requests at 1 / 4 / 32 clients. At 32 clients each
 client sends one request (with ``max_batch=16`` the batching modes run two waves, so latencies
 include the wait for a row); sequential serving at a few tokens/s makes that the most expensive
-cell, so it gets no second round. ``--quick``: 1 and 4 clients, 8 tokens, 2 / 4 requests (a
+cell, so it gets no second round.
+
+``--modes continuous vllm`` (in the vLLM environment of tools/install-vllm.sh) adds a server on
+``steer.serve.vllm_engine.VLLMEngine`` (the same app and registry; vLLM's scheduler, paged KV cache
+and prefix caching off; on the CPU a ``--vllm-kv-cache-gib`` KV cache), unsteered and steered, in
+the same ABBA rounds as the in-process continuous engine: vLLM / in-process tokens/s (target ≥ 2×
+at 16 clients) and vLLM steered / unsteered (target ≥ 0.90). ``--quick``: 1 and 4 clients, 8 tokens, 2 / 4 requests (a
 smoke run of the same code, minutes).
 """
 
@@ -185,7 +191,9 @@ def main() -> None:
     ap.add_argument("--steered-clients", type=int, default=None,
                     help="the reference concurrency: every mode and the steered runs twice, ABBA (default 16; --quick: 4)")
     ap.add_argument("--modes", nargs="+", default=["continuous", "sequential", "static"],
-                    choices=["continuous", "sequential", "static"])
+                    choices=["continuous", "sequential", "static", "vllm"],
+                    help="vllm: steer.serve's VLLMEngine (needs vLLM: tools/install-vllm.sh), compared with continuous")
+    ap.add_argument("--vllm-kv-cache-gib", type=float, default=1.0, help="vllm mode: KV cache size on the CPU")
     ap.add_argument("--time-limit", type=float, default=None,
                     help="hard limit of the whole run from start (setup included), s (default 1200; --quick: 600)")
     ap.add_argument("--cell-limit", type=float, default=None, help="hard limit of one cell, s (default 300)")
@@ -245,7 +253,7 @@ def main() -> None:
     # then the other concurrencies, the modes of one level adjacent in time
     ref = steered_at
     first = [(m, s) for m, s in (("continuous", False), ("continuous", True), ("sequential", False),
-                                 ("static", False)) if m in args.modes]
+                                 ("static", False), ("vllm", False), ("vllm", True)) if m in args.modes]
     schedule = [(m, ref, s, r) for r in range(rounds) for m, s in (first if r % 2 == 0 else first[::-1])]
     schedule += [(m, c, False, 0) for c in clients_levels if c != ref for m in args.modes]
 
@@ -257,9 +265,17 @@ def main() -> None:
     with ExitStack() as stack:
         servers = {}
         for mode in args.modes:  # one server per mode, all up for the whole run (idle engines only poll)
-            app, engine = build(model, model_id=MODEL_ID, max_batch=1 if mode == "sequential" else args.max_batch,
-                                max_queue=64, mode="static" if mode == "static" else "continuous",
-                                batch_window=args.window)
+            if mode == "vllm":  # the same app and registry; vLLM's scheduler and paged KV cache
+                from steerlens.models import resolve_checkpoint
+
+                opts = {"dtype": "float32"} if torch.cuda.is_available() else {
+                    "dtype": "float32", "kv_cache_memory_bytes": int(args.vllm_kv_cache_gib * 2**30)}
+                app, engine = build(model, model_id=MODEL_ID, max_batch=args.max_batch, max_queue=64, engine="vllm",
+                                    checkpoint=str(resolve_checkpoint(MODEL_ID)), vllm_options=opts)
+            else:
+                app, engine = build(model, model_id=MODEL_ID, max_batch=1 if mode == "sequential" else args.max_batch,
+                                    max_queue=64, mode="static" if mode == "static" else "continuous",
+                                    batch_window=args.window)
             for name, v in vectors.items():
                 app.state.registry.add_vector(name, v)
             server = stack.enter_context(Server(app, engine))
@@ -315,6 +331,10 @@ def main() -> None:
              "static_over_sequential": (("static", "unsteered"), ("sequential", "unsteered"), stat, seq),
              "continuous_over_static": (("continuous", "unsteered"), ("static", "unsteered"), cont, stat),
              "steered_over_unsteered": (("continuous", "steered"), ("continuous", "unsteered"), steered_row, cont)}
+    if "vllm" in args.modes:
+        vl, vl_steered = get("vllm", ref), get("vllm", ref, True)
+        pairs["vllm_over_continuous"] = (("vllm", "unsteered"), ("continuous", "unsteered"), vl, cont)
+        pairs["vllm_steered_over_unsteered"] = (("vllm", "steered"), ("vllm", "unsteered"), vl_steered, vl)
     out["ratios"] = {}
     for name, (num, den, a, b) in pairs.items():
         out["ratios"][f"{name}_tok_s_at_{ref}"] = ratio(a.get("tok_s"), b.get("tok_s"))
@@ -362,6 +382,9 @@ def main() -> None:
               line("continuous_over_static", "continuous / static tokens/s", "–"),
               line("steered_over_unsteered", "steered / unsteered tokens/s (continuous)", "≥ 0.95", 3, ""),
               f"| p95 / p50 latency, continuous, {ref} clients | {fmt(rt[f'continuous_p95_over_p50_at_{ref}'])} | | ≤ 2 |"]
+    if "vllm" in args.modes:
+        lines += [line("vllm_over_continuous", "vLLM / in-process continuous tokens/s", "≥ 2×"),
+                  line("vllm_steered_over_unsteered", "steered / unsteered tokens/s (vLLM)", "≥ 0.90", 3, "")]
     out["table_markdown"] = "\n".join(lines)
     print("\n".join(lines))
     if args.json:
