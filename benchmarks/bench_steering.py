@@ -1,7 +1,17 @@
 """Steering overhead and batching: greedy tokens/s steered vs unsteered, one batch of 8 prompts with
-8 different vectors vs 8 sequential steered runs, and the time to compute a vector.
+8 different vectors vs 8 sequential steered runs, and the time to compute a vector; with
+``--recipes``, the sentiment recipe table instead (effect judged from outside, per cost).
 
     python benchmarks/bench_steering.py [--model gemma-3-270m] [--layer 6] [--new-tokens 32] [--rounds 3] [--overhead-rounds 10]
+    python benchmarks/bench_steering.py --recipes [--new-tokens 16] [--ppl-budget 1.3] [--only NAMES] [--json benchmarks/out/steering_recipes.json]
+    python benchmarks/bench_steering.py --table benchmarks/out/steering_recipes.json
+
+Recipe table: each recipe's vector (pooling, layer(s), contrastive data, method) gets the largest
+coefficient whose perplexity ratio on neutral text (``steerlens.neutral``) stays <= ``--ppl-budget``
+(``steer.calibrate``, cost mode); the effect is the shift of VADER's positive and negative shares
+(``steer.judges.VaderJudge``) over unsteered on greedy continuations of ``steer.judges.HELD_OUT_OPENINGS``
+(prompts used neither to build nor to calibrate any vector), with the degenerate-repetition rate;
+the best recipe is then repeated with a random direction of the same norm per layer.
 
 Runs are interleaved in ABBA order (unsteered, steered, steered, unsteered, ...) and the median of ``--rounds`` is
 reported (``--overhead-rounds`` for the steered/unsteered ratio: single runs scatter ±5%, so a
@@ -37,7 +47,18 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the per-row batch vs sequential timing")
     ap.add_argument("--overhead-rounds", type=int, default=10, help="rounds of the steered vs unsteered timing")
+    ap.add_argument("--recipes", action="store_true", help="print the sentiment recipe table instead")
+    ap.add_argument("--ppl-budget", type=float, default=1.3, help="--recipes: perplexity-ratio budget per recipe")
+    ap.add_argument("--only", default=None, help="--recipes: comma-separated recipe names to run")
+    ap.add_argument("--json", default=None, help="--recipes: also write the table as JSON here (after every recipe)")
+    ap.add_argument("--table", default=None, help="print the recipe table of a JSON written by --recipes --json "
+                                                  "(also of a run stopped part-way)")
     args = ap.parse_args()
+    if args.table:
+        with open(args.table) as f:
+            return print_table(json.load(f))
+    if args.recipes:
+        return recipes(args)
 
     torch.manual_seed(0)
     model = steerlens.load_model(args.model, dtype=args.dtype)
@@ -96,6 +117,111 @@ def main() -> None:
             timed(lambda: torch.nn.functional.linear(x, W)) for _ in range(10)), 3)
     print(json.dumps(out, indent=1))
 
+
+#: CAA-style paired completions (Rimsky et al. 2024, arXiv:2312.06681: the same prompt, a contrasting
+#: answer, the activation at the answer): neutral stems x (positive, negative) one-word completions.
+CAA_STEMS = ("Overall, the day was", "In one word, the experience was", "Honestly, I feel", "The whole thing was",
+             "My verdict: it was", "Looking back, the week was", "Everyone agreed that it was", "To be frank, it was")
+CAA_WORDS = (("wonderful", "terrible"), ("happy", "sad"), ("great", "awful"), ("lovely", "horrible"),
+             ("excellent", "dreadful"), ("delightful", "miserable"))
+
+
+def caa_pairs() -> list[tuple[str, str]]:
+    return [(f"{s} {p}", f"{s} {n}") for s in CAA_STEMS for p, n in CAA_WORDS]
+
+
+def recipes(args) -> None:
+    import probes
+    from steer.evaluate import steering_cost
+    from steer.judges import HELD_OUT_OPENINGS, VaderJudge, degenerate_rate, judge_texts
+    from steerlens import data
+
+    torch.manual_seed(0)
+    model = steerlens.load_model(args.model, dtype=args.dtype)
+    judge, prompts, n_new = VaderJudge(), list(HELD_OUT_OPENINGS), args.new_tokens
+    pairs = data.load("sentiment")
+    texts, labels = [p.positive for p in pairs] + [p.negative for p in pairs], [1] * len(pairs) + [0] * len(pairs)
+    caa = caa_pairs()
+    caa_texts, caa_labels = [a for a, _ in caa] + [b for _, b in caa], [1] * len(caa) + [0] * len(caa)
+    cap = lambda t, lab, pool, layers: steerlens.capture(model, t, "resid_post", layers=layers, pool=pool,  # noqa: E731
+                                                         labels=lab, batch_size=32, progress=False)
+    t0 = time.perf_counter()
+    acts = {"mean": cap(texts, labels, "mean", [2, 4, 6, 8]), "last": cap(texts, labels, "last", [6])}
+    caa_acts = cap(caa_texts, caa_labels, "last", [6])
+    probe6 = probes.LogisticProbe().fit(acts["mean"].at(6), acts["mean"].labels)
+    table = {  # name -> (what varies, vector)
+        "mean_diff mean L6": ("layer / default", steer.mean_diff(acts["mean"], layers=[6])),
+        "mean_diff CAA-pairs L6": ("contrastive data", steer.mean_diff(caa_acts, layers=[6])),
+        "mean_diff last L6": ("pooling", steer.mean_diff(acts["last"], layers=[6])),
+        "mean_diff mean L4": ("layer", steer.mean_diff(acts["mean"], layers=[4])),
+        "mean_diff mean L4+L6": ("one vs several layers", steer.mean_diff(acts["mean"], layers=[4, 6])),
+        "probe mean L6": ("method", steer.from_probe(probe6, 6, positive=acts["mean"])),
+        "pca mean L6": ("method", steer.pca(acts["mean"], layers=[6])),
+        "mean_diff mean L8": ("layer", steer.mean_diff(acts["mean"], layers=[8])),
+        "mean_diff mean L2": ("layer", steer.mean_diff(acts["mean"], layers=[2])),
+    }
+    if args.only:
+        keep = {x.strip() for x in args.only.split(",")}
+        table = {k: v for k, v in table.items() if k in keep}
+    print(json.dumps({"capture_s": round(time.perf_counter() - t0, 1)}), file=sys.stderr, flush=True)
+    base_texts = steer.generate(model, prompts, None, max_new_tokens=n_new)
+    base = judge_texts(judge, base_texts)
+    out = {"model": args.model, "new_tokens": n_new, "ppl_budget": args.ppl_budget, "n_prompts": len(prompts),
+           "threads": torch.get_num_threads(), "unsteered": {
+               "positive_share": base.positive_share, "negative_share": base.negative_share,
+               "degenerate": base.degenerate, "samples": base_texts}, "recipes": {}}
+
+    def judged(vec, coeff):
+        gen = steer.generate(model, prompts, vec, coeff=coeff, max_new_tokens=n_new)
+        j = judge_texts(judge, [g if g.strip() else p + g for p, g in zip(prompts, gen)])
+        return {"positive_share": j.positive_share, "negative_share": j.negative_share,
+                "d_positive": j.positive_share - base.positive_share,
+                "d_negative": j.negative_share - base.negative_share,
+                "degenerate": degenerate_rate(gen), "samples": gen}
+
+    def save():
+        if args.json:
+            from steerlens.io import write_json
+
+            write_json(args.json, out)
+
+    for name, (varies, vec) in table.items():
+        t = time.perf_counter()
+        cal = steer.calibrate(model, vec, kl_budget=None, ppl_budget=args.ppl_budget, start=1.0, steps=2)
+        row = {"varies": varies, "coeff": cal.coeff, "kl": cal.info["calibration"]["kl"],
+               "ppl_ratio": cal.info["calibration"]["ppl_ratio"], "norm": vec.norms(), **judged(vec, cal.coeff)}
+        row["seconds"] = round(time.perf_counter() - t, 1)
+        out["recipes"][name] = row
+        print(json.dumps({name: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
+                                 if k != "samples"}}), file=sys.stderr, flush=True)
+        save()
+    best = max(out["recipes"], key=lambda k: out["recipes"][k]["d_positive"] - out["recipes"][k]["d_negative"])
+    vec, coeff = table[best][1], out["recipes"][best]["coeff"]
+    out["best"] = best
+    rand = vec.random_like(seed=0)
+    cost = steering_cost(model, rand, coeff)
+    out["random_control"] = {"recipe": best, "coeff": coeff, "kl": cost.kl, "ppl_ratio": cost.ppl_ratio,
+                             **judged(rand, coeff)}
+    save()
+    print_table(out)
+
+
+def print_table(out: dict) -> None:
+    u = out["unsteered"]
+    print(f"unsteered: positive share {u['positive_share']:.3f}, negative {u['negative_share']:.3f}, "
+          f"degenerate {u['degenerate']:.3f} ({out['n_prompts']} held-out openings, {out['new_tokens']} greedy tokens; "
+          f"each recipe at the largest coefficient with perplexity ratio <= {out['ppl_budget']})")
+    print(f"{'recipe':<24} {'varies':<22} {'coeff':>6} {'KL':>6} {'ppl×':>6} {'Δpos':>6} {'Δneg':>6} {'degen':>6}")
+    for name, r in out["recipes"].items():
+        print(f"{name:<24} {r['varies']:<22} {r['coeff']:>6.2f} {r['kl']:>6.3f} {r['ppl_ratio']:>6.3f} "
+              f"{r['d_positive']:>+6.3f} {r['d_negative']:>+6.3f} {r['degenerate']:>6.3f}")
+    rc = out.get("random_control")
+    if rc:
+        print(f"best: {rc['recipe']}; random same-norm direction at coeff {rc['coeff']:.2f}: Δpos {rc['d_positive']:+.3f}, "
+              f"Δneg {rc['d_negative']:+.3f}, degenerate {rc['degenerate']:.3f}, KL {rc['kl']:.3f}, "
+              f"ppl× {rc['ppl_ratio']:.3f}")
+    else:
+        print("(run stopped before the random control)")
 
 if __name__ == "__main__":
     main()

@@ -328,8 +328,9 @@ def calibrate(model: "TransformerBridge", vector: SteeringVector, *, kl_budget: 
     ``target_shift``, within ``ppl_budget`` and ``max_degenerate`` when given (``kl_budget`` is
     not used). ``judge`` defaults to ``steer.judges.VaderJudge()``; ``metric`` is the judge's
     ``"positive_share"``, ``"negative_share"`` (a negative target lowers it) or ``"mean"`` score.
-    Doubles from ``start`` until the target is reached, then bisects ``steps`` times; the result
-    is the smallest coefficient *tried* that reached it. ``info["calibration"]["tried"]`` is the
+    Doubles from ``start`` until the target is reached (or the perplexity cap is broken), then
+    bisects ``steps`` times in log space, towards the target (or, when it was not reached, towards
+    the cap); the result is the smallest coefficient *tried* that reached it. ``info["calibration"]["tried"]`` is the
     effect–cost curve (shift, shares, KL, perplexity ratio, degenerate rate per coefficient);
     ``steer.plots.calibration_figure`` draws it with the chosen point marked. If no coefficient
     up to ``max_coeff`` reaches the target within the caps, a warning says so and the vector gets
@@ -454,22 +455,33 @@ def _calibrate_behaviour(model, vector: SteeringVector, *, target_shift: float, 
         tried.append(t)
         return t["ok"]
 
-    lo, hi, c = None, None, start  # lo: largest tried that did not reach; hi: smallest that did
+    over = lambda t: ppl_budget is not None and t["ppl_ratio"] > ppl_budget  # noqa: E731
+    # lo: largest tried within the caps that did not reach; hi: smallest that reached; top: smallest over the cap
+    lo = hi = top = None
+    c = start
     while True:
         if reached(c):
             hi = c
             break
-        if not tried[-1]["within_caps"] or c >= max_coeff:  # stronger only costs more
+        if over(tried[-1]):  # stronger only costs more (the degenerate rate of a few prompts is too noisy to stop on)
+            top = c
+            break
+        if c >= max_coeff:
             break
         lo, c = c, min(c * 2, max_coeff)
-    if hi is not None:
-        lo = lo if lo is not None else c / 2
-        for _ in range(steps):
-            mid = math.sqrt(lo * hi)
-            if reached(mid):
-                hi = mid
-            else:
-                lo = mid
+    for _ in range(steps):  # bisect in log space: towards the target if reached, else towards the cap
+        if hi is not None:
+            mid = math.sqrt((lo if lo is not None else hi / 2) * hi)
+        elif top is not None and lo is not None:
+            mid = math.sqrt(lo * top)
+        else:
+            break
+        if reached(mid):
+            hi = mid
+        elif over(tried[-1]):
+            top = mid
+        else:
+            lo = mid
     bar.close()
     ok = [t for t in tried if t["ok"]]
     if ok:

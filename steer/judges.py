@@ -78,10 +78,11 @@ class VaderJudge:
 _WORD = re.compile(r"\w+(?:'\w+)?")
 
 
-def is_degenerate(text: str, *, min_words: int = 3, max_run: int = 3, min_distinct: float = 0.5) -> bool:
-    """Degenerate repetition: fewer than ``min_words`` words, one word ``max_run`` times in a row
-    ("which which which"), or at least 6 words of which under ``min_distinct`` of the word
-    trigrams are distinct (a loop of a phrase)."""
+def is_degenerate(text: str, *, min_words: int = 1, max_run: int = 3, min_distinct: float = 0.5) -> bool:
+    """Degenerate repetition: fewer than ``min_words`` words (default: no word at all), one word
+    ``max_run`` times in a row ("which which which"), or at least 6 words of which under
+    ``min_distinct`` of the word trigrams are distinct (a loop of a phrase). A short continuation
+    that ends at EOS is not degenerate."""
     words = [w.lower() for w in _WORD.findall(text)]
     if len(words) < min_words:
         return True

@@ -197,7 +197,7 @@ def test_sweep_reports_judge_shares_and_degenerate_rate(tiny, a_vector):
     plain, steered = res.points
     assert res.behaviour == "a-share"
     assert plain.positive_share == sum(s >= 0.5 for s in plain.scores) / 3 < steered.positive_share == 1.0
-    assert steered.degenerate == 1.0  # "aaaaaa" is one word: too short to be a continuation
+    assert plain.degenerate == steered.degenerate == 0.0  # one word each: short, not repeated
     no_threshold = steer.sweep(tiny, a_vector, [0.0], PROMPTS, behaviour=lambda ts: [0.0] * len(ts), neutral=TEXTS,
                                max_new_tokens=2, control=False, progress=False).points[0]
     assert no_threshold.positive_share is None and no_threshold.degenerate is not None
@@ -232,10 +232,20 @@ def test_calibrate_to_a_shift_it_cannot_reach_warns(tiny, a_vector):
         cal = steer.calibrate(tiny, a_vector, target_shift=0.6, judge=_AShare(), prompts=PROMPTS, texts=TEXTS,
                               max_new_tokens=4, start=0.01, max_coeff=0.04, steps=1)
     assert not cal.info["calibration"]["reached"] and cal.coeff <= 0.04
-    with pytest.warns(UserWarning, match="caps"):  # every tiny-model continuation is degenerate
-        cal = steer.calibrate(tiny, a_vector, target_shift=0.6, judge=_AShare(), prompts=PROMPTS, texts=TEXTS,
-                              max_new_tokens=4, start=0.01, max_degenerate=0.0, steps=1)
-    assert [t["coeff"] for t in cal.info["calibration"]["tried"]] == [0.01]  # stronger only costs more: stop
+    # a perplexity cap: text without an "a" gets less likely as the model is pushed to write "a"s
+    no_a = ["the dog is here.", "this is the end of it", "hello world, this is my test"]
+    saturated = steering_cost(tiny, a_vector, 256.0, texts=no_a).ppl_ratio  # LayerNorm bounds the tiny model's cost
+    assert saturated > 1.001
+    budget = 1 + (saturated - 1) / 2
+    with pytest.warns(UserWarning, match="caps"):  # a shift of 1.01 in a share is out of reach
+        cal = steer.calibrate(tiny, a_vector, target_shift=1.01, judge=_AShare(), prompts=PROMPTS, texts=no_a,
+                              max_new_tokens=4, start=0.01, ppl_budget=budget, steps=3)
+    info = cal.info["calibration"]
+    over = [t for t in info["tried"] if t["ppl_ratio"] > budget]
+    # the doubling stopped at the first coefficient over the cap; bisection stayed below it
+    assert over and max(t["coeff"] for t in info["tried"]) == max(t["coeff"] for t in over) < 256
+    assert info["ppl_ratio"] <= budget and not info["reached"]
+    assert len(info["tried"]) == len({t["coeff"] for t in info["tried"]})
 
 
 def test_calibrate_behaviour_errors(tiny, a_vector):

@@ -45,8 +45,9 @@ def test_judge_texts_shares_and_a_users_own_judge():
     (" and then we went home for dinner with friends.", False),
     (" by any which which which way", True),  # a word three times in a row
     (" the end of the day the end of the day the end of the day", True),  # a phrase in a loop
-    (" ok", True),  # too short to be a continuation
-    ("", True),
+    (" ok.", False),  # short (it ended at EOS) but no repetition
+    ("", True),  # no word at all
+    ("\n\n ...", True),
     (" it was fine, it was fine.", False),  # one repeat is not a loop
 ])
 def test_is_degenerate(text, degenerate):
@@ -55,6 +56,7 @@ def test_is_degenerate(text, degenerate):
 
 def test_degenerate_rate():
     assert degenerate_rate(["a b c d", "x x x x", "", "one two three"]) == 0.5
+    assert degenerate_rate(["ok", "fine"], min_words=2) == 1.0
     with pytest.raises(ValueError, match="empty"):
         degenerate_rate([])
 
