@@ -9,49 +9,45 @@ Happy path::
     handle = editing.orthogonalize(model, direction)  # directional ablation baked into the weights
     with editing.ablated(model, direction): ...  # the same intervention through hooks
     result = editing.run_erasure(model, {"methods": ["leace", "leace_family"], "layer": 6})   # concept erasure
-    editing.write_erasure_report(result, "runs/erase")
+    editing.write_report(result, "runs/erase")
 """
 
 from importlib import import_module
 from typing import TYPE_CHECKING
 
 __all__ = [
-    "CovarianceFitter", "EditHandle", "RomeConfig", "causal_trace", "edit", "edited", "erase",
-    "evaluate", "evaluate_edits", "key_statistics", "rank_one_update", "run_experiment", "write_report",
-    "Orthogonalization", "ablated", "orthogonalize", "orthogonalized", "run_erasure", "write_erasure_report",
+    "EditHandle", "RomeConfig", "ablated", "causal_trace", "edit", "edited", "erase", "evaluate", "evaluate_edits",
+    "key_statistics", "orthogonalize", "orthogonalized", "run_erasure", "run_experiment", "write_report",
 ]
+# Also public, one level down: editing.covariance.CovarianceFitter, editing.rome.rank_one_update,
+# editing.orthogonalization.Orthogonalization (the handle orthogonalize returns).
 
 _LAZY = {
-    "CovarianceFitter": "editing.covariance",
     "key_statistics": "editing.covariance",
     "EditHandle": "editing.rome",
     "RomeConfig": "editing.rome",
     "edit": "editing.rome",
     "edited": "editing.rome",
     "erase": "editing.rome",
-    "rank_one_update": "editing.rome",
     "causal_trace": "editing.tracing",
     "evaluate": "editing.evaluation",
     "evaluate_edits": "editing.evaluation",
     "write_report": "editing.report",
     "run_experiment": "editing.experiment",
-    "Orthogonalization": "editing.orthogonalization",
     "ablated": "editing.orthogonalization",
     "orthogonalize": "editing.orthogonalization",
     "orthogonalized": "editing.orthogonalization",
     "run_erasure": "editing.erasure",
-    "write_erasure_report": "editing.erasure_report",
 }
 
 if TYPE_CHECKING:
-    from editing.covariance import CovarianceFitter, key_statistics
+    from editing.covariance import key_statistics
     from editing.erasure import run_erasure
-    from editing.erasure_report import write_erasure_report
     from editing.evaluation import evaluate, evaluate_edits
     from editing.experiment import run_experiment
-    from editing.orthogonalization import Orthogonalization, ablated, orthogonalize, orthogonalized
+    from editing.orthogonalization import ablated, orthogonalize, orthogonalized
     from editing.report import write_report
-    from editing.rome import EditHandle, RomeConfig, edit, edited, erase, rank_one_update
+    from editing.rome import EditHandle, RomeConfig, edit, edited, erase
     from editing.tracing import causal_trace
 
 

@@ -9,7 +9,7 @@ every method next to a same-rank random-subspace control.
                                          "layer": 6})
     result.summary()            # one row per method: AUROC before/after, out of family, KL, random control
     result.figures()            # plotly figures
-    editing.write_erasure_report(result, "runs/erase")
+    editing.write_report(result, "runs/erase")
 """
 
 from __future__ import annotations

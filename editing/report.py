@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from editing.erasure import ErasureResult
     from editing.evaluation import EditReport
     from editing.tracing import CausalTrace
 
@@ -37,11 +38,20 @@ def _fmt(x) -> str:
     return str(x)
 
 
-def write_report(report: "EditReport", out: str | os.PathLike, *, traces: list["CausalTrace"] = (),
-                 title: str = "Edit report") -> Path:
+def write_report(report: "EditReport | ErasureResult", out: str | os.PathLike, *, traces: list["CausalTrace"] = (),
+                 title: str | None = None) -> Path:
     """Write the report of an edit run into the directory ``out`` (created if missing):
     ``report.html`` (before/after scores, one row per edit, plots, the causal ``traces`` given,
-    the settings) and ``report.json``, both atomically. Returns the path of ``out/report.html``."""
+    the settings) and ``report.json``, both atomically. Returns the path of ``out/report.html``.
+    An ``ErasureResult`` (``editing.run_erasure``) gets its own page
+    (``editing.erasure_report.write_erasure_report``), in the same two files."""
+    from editing.erasure import ErasureResult
+
+    if isinstance(report, ErasureResult):
+        from editing.erasure_report import write_erasure_report
+
+        return write_erasure_report(report, out, **({} if title is None else {"title": title}))
+    title = "Edit report" if title is None else title
     import plotly.graph_objects as go
 
     from steerlens.report import Page, bold

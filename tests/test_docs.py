@@ -50,8 +50,9 @@ PAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "editing": (
         ("editing.causal_trace", "editing.edit", "editing.erase", "editing.edited", "editing.EditHandle",
-         "editing.RomeConfig", "editing.rank_one_update", "editing.key_statistics", "editing.evaluate_edits",
-         "editing.run_experiment"),
+         "editing.RomeConfig", "editing.rome.rank_one_update", "editing.key_statistics", "editing.evaluate_edits",
+         "editing.run_experiment", "editing.orthogonalize", "editing.orthogonalized", "editing.ablated",
+         "editing.run_erasure", "editing.erasure.ErasureResult", "editing.write_report"),
         ("edit(model", "rank_one_update(W", "causal_trace(model"),
     ),
 }
