@@ -1,9 +1,14 @@
-"""Acceptance on the embedded Gemma 3 270M: a calibrated sentiment vector makes generations from
-neutral openings more positive (scored by a probe), a random same-norm control does not; cached
-generation equals full recompute; per-row batches equal solo runs.
+"""Acceptance on the embedded Gemma 3 270M (issue 16): the default sentiment recipe, calibrated to a
+behaviour shift on ``steer.evaluate.NEUTRAL_OPENINGS``, moves an external judge (VADER, which
+never sees an activation) on held-out openings (``steer.judges.HELD_OUT_OPENINGS``, used neither to
+build nor to calibrate the vector) within the cost limits, and a random same-norm direction at the
+same coefficient does not make text positive; the probe judge (it reads the injected direction) is
+an extra check. Two acceptance figures are not met on this model and are strict xfails with the
+measured numbers: a +0.30 shift of the positive share, and a random direction moving it by <= 0.05.
+Also: cached generation equals full recompute; per-row batches equal solo runs.
 
-Everything expensive is computed once in module fixtures: about 7 minutes on the two shared cores
-under load average ~4, most of it the capture of the 300 sentences and the calibration forwards.
+Everything expensive is computed once in module fixtures (the capture of the 300 sentiment
+sentences, the calibration generations, three batched generations of the held-out openings).
 """
 
 import numpy as np
@@ -11,21 +16,16 @@ import pytest
 
 import steer
 import steerlens
+from steer.evaluate import NEUTRAL_OPENINGS, steering_cost
+from steer.judges import HELD_OUT_OPENINGS, VaderJudge, degenerate_rate, judge_texts
 
 pytestmark = pytest.mark.gemma
 
-STEER_LAYER = 6  # of 18; layers 4-6 all worked when measured (see benchmarks/README.md)
+STEER_LAYER = 6  # of 18: the default recipe (benchmarks/README.md, steering recipe table)
 PROBE_LAYER = 10
-#: neutral openings (no evaluative words), fixed before measuring; unsteered, the base model
-#: continues about 70% of them positively by the probe's measure
-OPENINGS = [
-    "I went to the store and", "Today the weather", "Yesterday my neighbour", "The meeting this morning",
-    "When I opened the door", "My trip to the city", "Last weekend we", "At the office today", "The train was",
-    "The traffic this morning", "My flight was", "The waiting room at the clinic", "After the exam",
-    "Our internet connection", "The old car", "The weather forecast for the weekend", "The letter from the council",
-    "The queue at the post office", "The film started and", "The book I am reading",
-]
-NEW_TOKENS = 20
+NEW_TOKENS = 16
+TARGET = 0.30  # issue 16: positive share up by >= 0.30 over unsteered
+PPL_LIMIT, DEGENERATE_LIMIT, CONTROL_LIMIT = 1.30, 0.05, 0.05
 
 
 @pytest.fixture(scope="module")
@@ -47,45 +47,90 @@ def probe(sentiment):
 
 @pytest.fixture(scope="module")
 def vector(gemma, sentiment):
+    """The default recipe: steer.compute's mean_diff of mean-pooled pairs at layer 6, calibrated to
+    the target shift of VADER's positive share on the calibration openings, within the limits."""
     v = steer.mean_diff(sentiment, layers=[STEER_LAYER])
-    return steer.calibrate(gemma, v, kl_budget=0.1, steps=3)
+    return steer.calibrate(gemma, v, target_shift=TARGET, judge=VaderJudge(), prompts=NEUTRAL_OPENINGS,
+                           max_new_tokens=NEW_TOKENS, ppl_budget=PPL_LIMIT, max_degenerate=DEGENERATE_LIMIT,
+                           start=2.0, steps=2)
 
 
-def _score(gemma, probe, prompts, texts):
+def _probe_p(gemma, probe, prompts, texts):
     scored = [t if t.strip() else p + t for p, t in zip(prompts, texts)]
     acts = steerlens.capture(gemma, scored, "resid_post", layers=[PROBE_LAYER], pool="mean", progress=False)
-    x = acts.at(PROBE_LAYER)
-    return probe.predict_proba(x)[:, 1], probe.decision_function(x)
+    return probe.predict_proba(acts.at(PROBE_LAYER))[:, 1]
 
 
 @pytest.fixture(scope="module")
 def runs(gemma, probe, vector):
+    """Held-out openings, unsteered / steered / random same-norm direction, in one batch."""
+    prompts, k = list(HELD_OUT_OPENINGS), len(HELD_OUT_OPENINGS)
+    control = vector.random_like(seed=0)
+    texts = steer.generate(gemma, prompts * 3, [None] * k + [vector] * k + [control] * k,
+                           coeff=[0.0] * k + [vector.coeff] * 2 * k, max_new_tokens=NEW_TOKENS)
     out = {}
-    for name, vec in (("baseline", None), ("steered", vector), ("control", vector.random_like(seed=0))):
-        texts = steer.generate(gemma, OPENINGS, vec, coeff=vector.coeff, max_new_tokens=NEW_TOKENS)
-        p, logit = _score(gemma, probe, OPENINGS, texts)
-        out[name] = {"texts": texts, "p": p, "logit": np.clip(logit, -10, 10)}
+    for i, name in enumerate(("baseline", "steered", "control")):
+        t = texts[i * k:(i + 1) * k]
+        out[name] = {"texts": t, "judge": judge_texts(VaderJudge(), [x if x.strip() else p + x for p, x in zip(prompts, t)]),
+                     "degenerate": degenerate_rate(t), "p": _probe_p(gemma, probe, prompts, t)}
+    out["cost"] = steering_cost(gemma, vector, vector.coeff)
     return out
 
 
-def test_calibrated_sentiment_vector_raises_positive_sentiment(gemma, vector, runs):
+def _summary(vector, runs) -> str:
     cal = vector.info["calibration"]
-    summary = {name: (float(r["p"].mean()), float(r["logit"].mean())) for name, r in runs.items()}
-    print(f"\ncoeff={vector.coeff:.3f} kl={cal['kl']:.4f} ppl_ratio={cal['ppl_ratio']:.3f} "
-          f"norm={vector.norms()[STEER_LAYER]:.1f}")
-    for name, (p, logit) in summary.items():
-        print(f"{name:>9}: mean P(positive)={p:.3f} mean log-odds={logit:.2f}")
+    lines = [f"coeff={vector.coeff:.3f} (calibration: reached={cal['reached']} shift={cal['shift']:.3f} on "
+             f"{len(cal['prompts'])} calibration openings) held-out cost: KL={runs['cost'].kl:.3f} "
+             f"ppl_ratio={runs['cost'].ppl_ratio:.3f}"]
+    for name in ("baseline", "steered", "control"):
+        j = runs[name]["judge"]
+        lines.append(f"{name:>9}: VADER positive {j.positive_share:.3f} negative {j.negative_share:.3f} "
+                     f"degenerate {runs[name]['degenerate']:.3f} | probe P(positive) {runs[name]['p'].mean():.3f}")
     for name in ("steered", "control"):
-        for prompt, text in list(zip(OPENINGS, runs[name]["texts"]))[:3]:
-            print(f"  [{name}] {prompt}{text}")
-    assert 0 < cal["kl"] <= 0.1 and vector.coeff > 0
-    base, steered, control = summary["baseline"], summary["steered"], summary["control"]
-    # Measured (float32, greedy, 20 tokens, coeff 2.59, KL 0.097 on steerlens.neutral): baseline P 0.71 / log-odds 2.75,
-    # steered 0.96 / 6.51, control 0.77 / 1.68. "Well above" = +0.15 in mean P(positive) and +2 nats of mean log-odds.
-    assert steered[0] >= base[0] + 0.15 and steered[1] >= base[1] + 2.0
-    assert (runs["steered"]["p"] > 0.5).mean() >= 0.85
-    assert control[0] < base[0] + 0.15 and control[1] < base[1] + 1.0
-    assert steered[0] >= control[0] + 0.1
+        lines += [f"  [{name}] {p}{t}" for p, t in list(zip(HELD_OUT_OPENINGS, runs[name]["texts"]))[:3]]
+    return "\n".join(lines)
+
+
+def test_default_recipe_moves_the_external_judge_within_the_cost_limits(vector, runs):
+    print("\n" + _summary(vector, runs))
+    base, steered = runs["baseline"]["judge"], runs["steered"]["judge"]
+    assert runs["cost"].ppl_ratio <= PPL_LIMIT
+    assert runs["steered"]["degenerate"] <= DEGENERATE_LIMIT
+    assert steered.negative_share < base.negative_share
+    assert steered.positive_share >= base.positive_share + 0.15  # well above chance (one prompt moves it 1/32)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 16 acceptance not met on Gemma 3 270M: on the 32 held-out openings the positive share "
+    "goes 0.594 -> 0.812 (+0.219) at the calibrated coefficient 2.83 (perplexity ratio 1.139, KL "
+    "0.119, no degenerate continuation; the calibration reached +0.250 on its 12 openings before the "
+    "perplexity cap); at the cap (coefficient 3.36, ratio 1.21) +0.250 (benchmarks/README.md)"))
+def test_default_recipe_reaches_the_target_shift(runs):
+    base, steered = runs["baseline"]["judge"], runs["steered"]["judge"]
+    assert steered.positive_share >= base.positive_share + TARGET
+
+
+def test_random_same_norm_direction_does_not_make_text_positive(vector, runs):
+    base, control = runs["baseline"]["judge"], runs["control"]["judge"]
+    print(f"\nrandom direction at coeff {vector.coeff:.3f}: positive {base.positive_share:.3f} -> "
+          f"{control.positive_share:.3f}, negative {base.negative_share:.3f} -> {control.negative_share:.3f}, "
+          f"degenerate {runs['control']['degenerate']:.3f}")
+    assert control.positive_share <= base.positive_share + CONTROL_LIMIT
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 16 acceptance not met on Gemma 3 270M: a same-norm random direction at coefficient 2.83 "
+    "drops the positive share 0.594 -> 0.031: its text degrades into fragments that VADER scores "
+    "neutral (it does not turn positive: the test above)"))
+def test_random_same_norm_direction_does_not_move_the_judge(runs):
+    base, control = runs["baseline"]["judge"], runs["control"]["judge"]
+    assert abs(control.positive_share - base.positive_share) <= CONTROL_LIMIT
+
+
+def test_probe_judge_agrees(runs):
+    """The probe judge reads the injected direction itself, so it is only an extra check."""
+    base, steered, control = (float(runs[n]["p"].mean()) for n in ("baseline", "steered", "control"))
+    assert steered >= base + 0.15 and steered >= control + 0.1
 
 
 def test_kv_cache_equals_full_recompute_on_gemma(gemma, vector):
