@@ -207,6 +207,10 @@ def recipes(args) -> None:
 
 
 def print_table(out: dict) -> None:
+    from steer.judges import degenerate_rate
+
+    for r in [out["unsteered"], *out["recipes"].values(), *([out["random_control"]] if "random_control" in out else [])]:
+        r["degenerate"] = degenerate_rate(r["samples"])  # the current rule, from the saved continuations
     u = out["unsteered"]
     print(f"unsteered: positive share {u['positive_share']:.3f}, negative {u['negative_share']:.3f}, "
           f"degenerate {u['degenerate']:.3f} ({out['n_prompts']} held-out openings, {out['new_tokens']} greedy tokens; "
