@@ -306,11 +306,15 @@ def _floats(spec: str, name: str) -> list[float]:
 def steer_compute(
     out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file."),
     dataset: str = typer.Option("sentiment", "--dataset", "-d", help="A shipped dataset of contrastive pairs."),
-    layers: str = typer.Option(..., help="Comma-separated layer indices (block outputs)."),
+    layers: str = typer.Option("6", help="Comma-separated layer indices (block outputs); 6 is the default recipe on Gemma 3 270M."),
     method: str = typer.Option("mean_diff", help="mean_diff or pca."),
     pool: str = typer.Option("mean", help="Pool each sentence's activations: mean or last."),
-    calibrate: bool = typer.Option(False, "--calibrate", help="Also calibrate the coefficient on neutral text."),
-    kl_budget: float = typer.Option(0.1, help="KL budget (nats) for --calibrate."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Also calibrate the coefficient (see --target-shift)."),
+    target_shift: Optional[float] = typer.Option(0.3, help="--calibrate: smallest coefficient raising the judge's positive share by this much on the calibration openings (0: the KL-budget calibration instead)."),
+    judge: str = typer.Option("vader", help="--calibrate --target-shift: the judge (vader)."),
+    ppl_budget: Optional[float] = typer.Option(1.3, help="--calibrate: perplexity-ratio cap on neutral text."),
+    max_degenerate: Optional[float] = typer.Option(0.05, help="--calibrate --target-shift: cap on the degenerate-continuation rate."),
+    kl_budget: float = typer.Option(0.1, help="KL budget (nats) for --calibrate --target-shift 0."),
     batch_size: int = typer.Option(16, help="Prompts per forward pass."),
     model: str = MODEL,
     device: Optional[str] = DEVICE,
@@ -322,7 +326,10 @@ def steer_compute(
 
     m = load_model(model, device=device, dtype=dtype)
     v = steer.compute(m, dataset, layers=_layers(layers), method=method, pool=pool, batch_size=batch_size)
-    if calibrate:
+    if calibrate and target_shift:
+        v = steer.calibrate(m, v, target_shift=target_shift, judge=_judge(judge), ppl_budget=ppl_budget,
+                            max_degenerate=max_degenerate, start=2.0, steps=2)
+    elif calibrate:
         v = steer.calibrate(m, v, kl_budget=kl_budget)
     v.save(out)
     typer.echo(json.dumps({"out": str(out), "layers": v.layers, "norms": v.norms(), "coeff": v.coeff}, indent=1))
@@ -335,22 +342,43 @@ def steer_calibrate(
     kl_budget: Optional[float] = typer.Option(0.1, help="Mean KL budget on neutral text, nats."),
     ppl_budget: Optional[float] = typer.Option(None, help="Perplexity-ratio budget, e.g. 1.1."),
     op: str = typer.Option("add", help="add or add_norm."),
+    target_shift: Optional[float] = typer.Option(None, help="Behaviour mode: the smallest coefficient raising the judge's positive share by this much (KL budget ignored)."),
+    judge: str = typer.Option("vader", help="--target-shift: the judge (vader)."),
+    max_degenerate: Optional[float] = typer.Option(None, help="--target-shift: cap on the degenerate-continuation rate, e.g. 0.05."),
+    report: Optional[Path] = typer.Option(None, help="--target-shift: also write the effect-cost report (report.html + report.json) here."),
     force: bool = typer.Option(False, help="Accept a vector computed on another model (same width)."),
     model: str = MODEL,
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
 ) -> None:
-    """Find the largest coefficient within the budget and store it in the vector."""
+    """Find the largest coefficient within the budget (or, with --target-shift, the smallest reaching
+    the behaviour shift) and store it in the vector."""
     import steer
     from steerlens.models import load_model
 
     v = _steer_vector(vector)
     m = load_model(model, device=device, dtype=dtype)
-    v = steer.calibrate(m, v, kl_budget=kl_budget, ppl_budget=ppl_budget, op=op, force=force)
+    if target_shift is not None:
+        v = steer.calibrate(m, v, target_shift=target_shift, judge=_judge(judge), ppl_budget=ppl_budget,
+                            max_degenerate=max_degenerate, op=op, force=force, progress=True)
+        if report is not None:
+            steer.write_report(v, report)
+    else:
+        v = steer.calibrate(m, v, kl_budget=kl_budget, ppl_budget=ppl_budget, op=op, force=force)
     target = out or (vector if vector.suffix != ".gguf" else vector.with_suffix(".safetensors"))
     v.save(target)
     cal = v.info["calibration"]
-    typer.echo(json.dumps({"out": str(target), "coeff": v.coeff, "kl": cal["kl"], "ppl_ratio": cal["ppl_ratio"]}, indent=1))
+    extra = {k: cal[k] for k in ("shift", "reached", "positive_share", "negative_share", "degenerate") if k in cal}
+    typer.echo(json.dumps({"out": str(target), "coeff": v.coeff, "kl": cal["kl"], "ppl_ratio": cal["ppl_ratio"],
+                           **extra}, indent=1))
+
+
+def _judge(name: str):
+    if name != "vader":
+        raise typer.BadParameter(f"--judge must be vader (steer.judges.VaderJudge), got {name!r}")
+    from steer.judges import VaderJudge
+
+    return VaderJudge()
 
 
 @steer_app.command("sweep")
@@ -359,7 +387,7 @@ def steer_sweep(
     out: Path = typer.Option(..., "--out", "-o", help="Report directory (report.html + report.json)."),
     coeffs: str = typer.Option("0,1,2,4,8", help="Comma-separated coefficients."),
     prompt: Optional[list[str]] = typer.Option(None, "--prompt", "-p", help="Generation prompt (repeatable; default: neutral openings)."),
-    behaviour: str = typer.Option("auto", help="probe (a logistic probe on the vector's dataset), logit-diff, none, or auto (probe when the vector names a dataset)."),
+    behaviour: str = typer.Option("auto", help="vader (an external sentiment judge), probe (a probe judge: a logistic probe on the vector's dataset), logit-diff, none, or auto (vader for a sentiment vector, else probe when the vector names a dataset)."),
     probe_layer: Optional[int] = typer.Option(None, help="Layer of the behaviour probe (default: the vector's first layer)."),
     target: Optional[list[str]] = typer.Option(None, help="logit-diff: tokens that count for the behaviour (repeatable)."),
     against: Optional[list[str]] = typer.Option(None, help="logit-diff: tokens that count against it (repeatable)."),
@@ -382,13 +410,15 @@ def steer_sweep(
     v = _steer_vector(vector)
     m = load_model(model, device=device, dtype=dtype)
     if behaviour == "auto":
-        behaviour = "logit-diff" if target else ("probe" if v.dataset else "none")
-    if behaviour == "probe":
+        behaviour = "logit-diff" if target else ("vader" if v.dataset == "sentiment" else "probe" if v.dataset else "none")
+    if behaviour == "vader":
+        scorer = _judge("vader")
+    elif behaviour == "probe":
         if not v.dataset:
             raise typer.BadParameter("--behaviour probe needs a vector computed from a shipped dataset")
         layer = probe_layer if probe_layer is not None else v.layers[0]
         scorer = ProbeScore(_dataset_probe(m, v.dataset, layer, v.info.get("pool", "mean")), layer,
-                            pool=v.info.get("pool", "mean"), name=f"P(positive) probe@{layer}")
+                            pool=v.info.get("pool", "mean"), name=f"P(positive) probe judge@{layer}")
     elif behaviour == "logit-diff":
         if not target or not against:
             raise typer.BadParameter("--behaviour logit-diff needs --target and --against tokens")
@@ -396,12 +426,13 @@ def steer_sweep(
     elif behaviour == "none":
         scorer = None
     else:
-        raise typer.BadParameter(f"--behaviour must be auto, probe, logit-diff or none, got {behaviour!r}")
+        raise typer.BadParameter(f"--behaviour must be auto, vader, probe, logit-diff or none, got {behaviour!r}")
     res = steer.sweep(m, v, _floats(coeffs, "--coeffs"), list(prompt) if prompt else NEUTRAL_OPENINGS,
                       behaviour=scorer, op=op, positions=_positions(positions), max_new_tokens=max_new_tokens,
                       control=control, seed=seed, force=force, progress=progress)
     steer.write_report(res, out)
-    rows = [{"run": name, "coeff": p.coeff, "behaviour": p.behaviour, "kl": p.kl, "ppl_ratio": p.ppl_ratio}
+    rows = [{"run": name, "coeff": p.coeff, "behaviour": p.behaviour, "positive_share": p.positive_share,
+             "negative_share": p.negative_share, "degenerate": p.degenerate, "kl": p.kl, "ppl_ratio": p.ppl_ratio}
             for name, pts in (("vector", res.points), ("control", res.control)) for p in pts]
     typer.echo(json.dumps({"out": str(out), "points": rows}, indent=1))
 
