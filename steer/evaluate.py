@@ -307,6 +307,14 @@ def _token_ids(model, tokens: Sequence[str | int]) -> list[int]:
 
 
 # -- calibrate ----------------------------------------------------------------------------------
+def _check_search(op: str, start: float, max_coeff: float) -> None:
+    """The coefficient search's own arguments, for both calibration modes."""
+    if op not in ("add", "add_norm"):
+        raise ValueError(f"calibrate searches a coefficient for op 'add' or 'add_norm', got {op!r}")
+    if not (math.isfinite(start) and start > 0 and math.isfinite(max_coeff) and max_coeff >= start):
+        raise ValueError(f"need 0 < start <= max_coeff, got start={start}, max_coeff={max_coeff}")
+
+
 def calibrate(model: "TransformerBridge", vector: SteeringVector, *, kl_budget: float | None = 0.1,
               ppl_budget: float | None = None, texts: Sequence[str] = NEUTRAL_TEXTS, layers=None,
               op: Literal["add", "add_norm"] = "add", sites: Site | Sequence[Site] | None = None,
@@ -350,10 +358,7 @@ def calibrate(model: "TransformerBridge", vector: SteeringVector, *, kl_budget: 
             raise ValueError(f"{name} must be a positive finite number, got {b}")
     if ppl_budget is not None and ppl_budget <= 1:
         raise ValueError(f"ppl_budget is a perplexity ratio and must be > 1, got {ppl_budget}")
-    if op not in ("add", "add_norm"):
-        raise ValueError(f"calibrate searches a coefficient for op 'add' or 'add_norm', got {op!r}")
-    if not (math.isfinite(start) and start > 0 and math.isfinite(max_coeff) and max_coeff >= start):
-        raise ValueError(f"need 0 < start <= max_coeff, got start={start}, max_coeff={max_coeff}")
+    _check_search(op, start, max_coeff)
     vector.check_compatible(model, force=force)
     base = _Baseline(model, texts, batch_size)
     tried: list[dict[str, float]] = []
@@ -423,10 +428,7 @@ def _calibrate_behaviour(model, vector: SteeringVector, *, target_shift: float, 
         raise ValueError(f"ppl_budget is a perplexity ratio and must be > 1, got {ppl_budget}")
     if max_degenerate is not None and not 0 <= max_degenerate <= 1:
         raise ValueError(f"max_degenerate is a fraction in [0, 1], got {max_degenerate}")
-    if op not in ("add", "add_norm"):
-        raise ValueError(f"calibrate searches a coefficient for op 'add' or 'add_norm', got {op!r}")
-    if not (math.isfinite(start) and start > 0 and math.isfinite(max_coeff) and max_coeff >= start):
-        raise ValueError(f"need 0 < start <= max_coeff, got start={start}, max_coeff={max_coeff}")
+    _check_search(op, start, max_coeff)
     vector.check_compatible(model, force=force)
     prompts = list(prompts)
     base = _Baseline(model, texts, batch_size)
