@@ -99,7 +99,7 @@ def main() -> None:
         h = edit(model, r, layer=args.layer, stats=stats, config=cfg, progress=False)
         parts["total"].append(time.perf_counter() - t)
         for k, v in h.result.seconds.items():
-            parts[k].append(v)
+            parts.setdefault(k, []).append(v)  # e.g. "prefixes" when the edit sampled them
         steps.append(len(h.result.loss))
         h.revert()
     out["edit_seconds_median"] = {k: statistics.median(v) for k, v in parts.items() if v}
