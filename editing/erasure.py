@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+from steer.inputs import is_int
+
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -90,7 +92,7 @@ class ErasureSpec:
             req(m in METHODS, f"methods[{i}]", m, f"one of {list(METHODS)}")
         req(len(set(methods)) == len(methods), "methods", self.methods, "a list without repeats")
         object.__setattr__(self, "methods", methods)
-        req(_is_int(self.layer) and self.layer >= 0, "layer", self.layer, "a non-negative block index")
+        req(is_int(self.layer) and self.layer >= 0, "layer", self.layer, "a non-negative block index")
         for f in ("scrub_layers", "heldout_families", "prompts"):
             v = getattr(self, f)
             if v is not None:
@@ -98,19 +100,19 @@ class ErasureSpec:
                 object.__setattr__(self, f, tuple(v))
         if self.scrub_layers is not None:
             for i, v in enumerate(self.scrub_layers):
-                req(_is_int(v) and v >= 0, f"scrub_layers[{i}]", v, "a non-negative block index")
+                req(is_int(v) and v >= 0, f"scrub_layers[{i}]", v, "a non-negative block index")
         pl = self.probe_layers
         if pl is not None and pl != "all":
             req(isinstance(pl, (list, tuple)) and bool(pl), "probe_layers", pl, "a non-empty list of block indices or 'all'")
             for i, v in enumerate(pl):
-                req(_is_int(v) and v >= 0, f"probe_layers[{i}]", v, "a non-negative block index")
+                req(is_int(v) and v >= 0, f"probe_layers[{i}]", v, "a non-negative block index")
             object.__setattr__(self, "probe_layers", tuple(sorted(set(pl))))
         req(self.prompts is not None and all(isinstance(p, str) and p for p in self.prompts), "prompts", self.prompts,
             "a list of non-empty strings")
         for f in ("rounds", "max_new_tokens", "batch_size"):
-            req(_is_int(getattr(self, f)) and getattr(self, f) >= 1, f, getattr(self, f), "an integer >= 1")
-        req(self.limit is None or (_is_int(self.limit) and self.limit >= 10), "limit", self.limit, "null or an integer >= 10")
-        req(_is_int(self.seed), "seed", self.seed, "an integer")
+            req(is_int(getattr(self, f)) and getattr(self, f) >= 1, f, getattr(self, f), "an integer >= 1")
+        req(self.limit is None or (is_int(self.limit) and self.limit >= 10), "limit", self.limit, "null or an integer >= 10")
+        req(is_int(self.seed), "seed", self.seed, "an integer")
         req(self.C is None or (isinstance(self.C, (int, float)) and not isinstance(self.C, bool) and self.C > 0), "C",
             self.C, "null or a positive number")
         req(isinstance(self.chance, (int, float)) and 0.5 <= self.chance < 1, "chance", self.chance, "a number in [0.5, 1)")
@@ -637,10 +639,6 @@ def _subsample(rows: list[dict], limit: int | None, seed: int) -> np.ndarray:
             continue
         out += groups[keys[k]]
     return np.sort(np.asarray(out, dtype=np.int64))
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _py(x: Any) -> Any:

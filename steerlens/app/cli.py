@@ -250,7 +250,7 @@ def erase_run(
     import dataclasses
 
     from editing.erasure import load_erasure_spec, run_erasure
-    from editing.erasure_report import write_erasure_report
+    from editing.report import write_report
     from steerlens.models import load_model
 
     spec = load_erasure_spec(spec_file)
@@ -262,7 +262,7 @@ def erase_run(
                               "replaced: choose another --out")
     m = load_model(model or spec.model, device=device, dtype=dtype)
     result = run_erasure(m, spec, progress=progress)
-    path = write_erasure_report(result, out, title=f"steerlens erase run ({spec.dataset}, layer {spec.layer})")
+    path = write_report(result, out, title=f"steerlens erase run ({spec.dataset}, layer {spec.layer})")
     import steer
 
     for name, obj in result.erasers.items():
