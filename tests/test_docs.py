@@ -188,3 +188,11 @@ def test_examples_use_only_public_names(where: str, line: int, code: str):
                 if not _public(module, node.attr):
                     bad.append(f"{module}.{node.attr}")
     assert not bad, f"{where}:{line}: the example uses non-public names {bad}"
+
+
+def test_every_notebook_is_executed_by_a_test():
+    root = Path(__file__).parent.parent
+    names = sorted(p.stem for p in (root / "notebooks").glob("*.ipynb"))
+    assert names, "notebooks/ holds no notebook"
+    missing = [n for n in names if not (root / "tests" / f"test_notebook_{n}.py").is_file()]
+    assert not missing, f"no tests/test_notebook_<name>.py runs {missing}"

@@ -1,0 +1,9 @@
+"""``notebooks/erasure.ipynb`` runs top to bottom on the embedded Gemma (conftest's ``run_notebook``)."""
+
+import pytest
+
+pytestmark = pytest.mark.gemma
+
+
+def test_erasure_notebook_runs(run_notebook):
+    run_notebook("erasure")
