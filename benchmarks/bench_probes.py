@@ -25,17 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-# This file is named like the package it measures: import the package, not this script.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -232,19 +225,24 @@ def _iqr(values: list[float]) -> list[float]:
 
 
 def _hook_cost_us(model, monitored, n: int = 2000) -> float:
-    """Time the monitor's own work per decoded token (its hook closures on [1, 1, d] inputs),
-    free of the generation-to-generation noise of the end-to-end ratio."""
-    from probes import ProbeMonitor
+    """Time the monitor's own work per decoded token (the hook functions it registers, called on
+    [1, 1, d] inputs as at a KV-cached decode step), free of the generation-to-generation noise
+    of the end-to-end ratio."""
+    from types import SimpleNamespace
 
-    with ProbeMonitor(model, monitored) as mon:
-        fns = [fn for _, fn in mon._fwd]  # the hook functions registered for this block
+    from probes import ProbeMonitor
+    from steerlens.steps import _ACTIVE  # the block the monitor opened: its registered functions
+
+    with ProbeMonitor(model, monitored):
+        fns = [fn for fs in _ACTIVE.get()[-1].hooks.values() for fn in fs]
         x = torch.randn(1, 1, model.cfg.d_model)
+        step = SimpleNamespace(past=1)  # a decode step: the KV cache holds the earlier tokens
         for fn in fns:  # warm-up
-            fn(x)
+            fn(x, step)
         t = time.perf_counter()
         for _ in range(n):
             for fn in fns:
-                fn(x)
+                fn(x, step)
         return (time.perf_counter() - t) / n * 1e6
 
 
