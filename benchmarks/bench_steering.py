@@ -3,7 +3,7 @@
 ``--recipes``, the sentiment recipe table instead (effect judged from outside, per cost).
 
     python benchmarks/bench_steering.py [--model gemma-3-270m] [--layer 6] [--new-tokens 32] [--rounds 3] [--overhead-rounds 10]
-    python benchmarks/bench_steering.py --recipes [--new-tokens 16] [--ppl-budget 1.3] [--only NAMES] [--json benchmarks/out/steering_recipes.json]
+    python benchmarks/bench_steering.py --recipes [--new-tokens 16] [--ppl-budget 1.3] [--steps 2] [--only NAMES] [--json benchmarks/out/steering_recipes.json]
     python benchmarks/bench_steering.py --table benchmarks/out/steering_recipes.json
 
 Recipe table: each recipe's vector (pooling, layer(s), contrastive data, method) gets the largest
@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--overhead-rounds", type=int, default=10, help="rounds of the steered vs unsteered timing")
     ap.add_argument("--recipes", action="store_true", help="print the sentiment recipe table instead")
     ap.add_argument("--ppl-budget", type=float, default=1.3, help="--recipes: perplexity-ratio budget per recipe")
+    ap.add_argument("--steps", type=int, default=2, help="--recipes: bisection steps of each recipe's calibration")
     ap.add_argument("--only", default=None, help="--recipes: comma-separated recipe names to run")
     ap.add_argument("--json", default=None, help="--recipes: also write the table as JSON here (after every recipe)")
     ap.add_argument("--table", default=None, help="print the recipe table of a JSON written by --recipes --json "
@@ -146,7 +147,7 @@ def recipes(args) -> None:
     cap = lambda t, lab, pool, layers: steerlens.capture(model, t, "resid_post", layers=layers, pool=pool,  # noqa: E731
                                                          labels=lab, batch_size=32, progress=False)
     t0 = time.perf_counter()
-    acts = {"mean": cap(texts, labels, "mean", [2, 4, 6, 8]), "last": cap(texts, labels, "last", [6])}
+    acts = {"mean": cap(texts, labels, "mean", [2, 3, 4, 5, 6, 8]), "last": cap(texts, labels, "last", [6])}
     caa_acts = cap(caa_texts, caa_labels, "last", [6])
     probe6 = probes.LogisticProbe().fit(acts["mean"].at(6), acts["mean"].labels)
     table = {  # name -> (what varies, vector)
@@ -159,6 +160,8 @@ def recipes(args) -> None:
         "pca mean L6": ("method", steer.pca(acts["mean"], layers=[6])),
         "mean_diff mean L8": ("layer", steer.mean_diff(acts["mean"], layers=[8])),
         "mean_diff mean L2": ("layer", steer.mean_diff(acts["mean"], layers=[2])),
+        "mean_diff mean L3": ("layer", steer.mean_diff(acts["mean"], layers=[3])),
+        "mean_diff mean L5": ("layer", steer.mean_diff(acts["mean"], layers=[5])),
     }
     if args.only:
         keep = {x.strip() for x in args.only.split(",")}
@@ -166,7 +169,8 @@ def recipes(args) -> None:
     print(json.dumps({"capture_s": round(time.perf_counter() - t0, 1)}), file=sys.stderr, flush=True)
     base_texts = steer.generate(model, prompts, None, max_new_tokens=n_new)
     base = judge_texts(judge, base_texts)
-    out = {"model": args.model, "new_tokens": n_new, "ppl_budget": args.ppl_budget, "n_prompts": len(prompts),
+    out = {"model": args.model, "new_tokens": n_new, "ppl_budget": args.ppl_budget, "steps": args.steps,
+           "n_prompts": len(prompts),
            "threads": torch.get_num_threads(), "unsteered": {
                "positive_share": base.positive_share, "negative_share": base.negative_share,
                "degenerate": base.degenerate, "samples": base_texts}, "recipes": {}}
@@ -187,7 +191,7 @@ def recipes(args) -> None:
 
     for name, (varies, vec) in table.items():
         t = time.perf_counter()
-        cal = steer.calibrate(model, vec, kl_budget=None, ppl_budget=args.ppl_budget, start=1.0, steps=2)
+        cal = steer.calibrate(model, vec, kl_budget=None, ppl_budget=args.ppl_budget, start=1.0, steps=args.steps)
         row = {"varies": varies, "coeff": cal.coeff, "kl": cal.info["calibration"]["kl"],
                "ppl_ratio": cal.info["calibration"]["ppl_ratio"], "norm": vec.norms(), **judged(vec, cal.coeff)}
         row["seconds"] = round(time.perf_counter() - t, 1)
