@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="Fewer generation repeats and tokens.")

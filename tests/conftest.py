@@ -90,12 +90,12 @@ NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 
 @pytest.fixture
 def run_notebook(tmp_path, monkeypatch):
-    """Execute ``notebooks/<name>.ipynb`` top to bottom (DESIGN: executed in CI) and return its
-    code cells' outputs, after checking that no cell raised and a plotly figure rendered; the
-    notebook's ``assert`` cells state what each section must show. One notebook per test file
-    (``tests/test_notebook_<name>.py``), so ``--dist loadfile`` spreads them over the workers."""
+    """Execute ``notebooks/<name>.ipynb`` top to bottom (DESIGN: executed in CI) and check that no
+    cell raised and a plotly figure rendered; the notebook's ``assert`` cells state what each
+    section must show. One notebook per test file (``tests/test_notebook_<name>.py``), so
+    ``--dist loadfile`` spreads them over the workers."""
 
-    def run(name: str) -> list[dict]:
+    def run(name: str) -> None:
         import nbformat
         import torch
         from nbclient import NotebookClient
@@ -110,7 +110,5 @@ def run_notebook(tmp_path, monkeypatch):
         assert not [o for o in outputs if o.get("output_type") == "error"]
         # its plotly figures rendered (as a plotly MIME bundle)
         assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs)
-        return outputs
 
     return run
-
