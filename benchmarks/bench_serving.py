@@ -26,7 +26,8 @@ need (continuous unsteered, continuous steered, sequential, static) run in ``--r
 (2), every other one in reverse order, so every compared pair is ABBA and load that drifts during
 the run hits both sides alike (this machine is shared): the table gives each ratio pooled over
 the rounds and the median of the per-round ratios, with each round's. Then the other
-concurrencies, the three modes of one level adjacent in time. Every ratio is against a baseline
+concurrencies, the three modes of one level adjacent in time (with ``--steered-everywhere``
+also steered, for the modes that steer per request: continuous and vllm). Every ratio is against a baseline
 measured in the same run; a run cut short by ``--time-limit`` loses the last cells first.
 
 Sizing (full run: 14 minutes on 2 CPU cores with one of them busy; at most 20 minutes: past
@@ -190,6 +191,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=None, help="concurrency levels (default 1 4 16 32)")
     ap.add_argument("--steered-clients", type=int, default=None,
                     help="the reference concurrency: every mode and the steered runs twice, ABBA (default 16; --quick: 4)")
+    ap.add_argument("--steered-everywhere", action="store_true",
+                    help="steered cells at every concurrency, not only --steered-clients (continuous and vllm)")
     ap.add_argument("--modes", nargs="+", default=["continuous", "sequential", "static"],
                     choices=["continuous", "sequential", "static", "vllm"],
                     help="vllm: steer.serve's VLLMEngine (needs vLLM: tools/install-vllm.sh), compared with continuous")
@@ -255,7 +258,8 @@ def main() -> None:
     first = [(m, s) for m, s in (("continuous", False), ("continuous", True), ("sequential", False),
                                  ("static", False), ("vllm", False), ("vllm", True)) if m in args.modes]
     schedule = [(m, ref, s, r) for r in range(rounds) for m, s in (first if r % 2 == 0 else first[::-1])]
-    schedule += [(m, c, False, 0) for c in clients_levels if c != ref for m in args.modes]
+    schedule += [(m, c, s, 0) for c in clients_levels if c != ref for m in args.modes
+                 for s in ((False, True) if args.steered_everywhere and m in ("continuous", "vllm") else (False,))]
 
     def cell_requests(mode: str, clients: int) -> int:
         if clients == ref:
@@ -281,6 +285,8 @@ def main() -> None:
             server = stack.enter_context(Server(app, engine))
             warm = min(4, engine.max_batch)  # warm-up, not measured: first-call costs and a small batch
             asyncio.run(drive(server.url, clients=warm, n_requests=warm, max_tokens=2, limit=120))
+            if any(m == mode and s for m, _, s, _ in schedule):  # and the steering code's first calls
+                asyncio.run(drive(server.url, clients=warm, n_requests=warm, max_tokens=2, limit=120, steering=steering))
             servers[mode] = (app, server)
         for mode, clients, steered, r in schedule:
             key = f"{mode}/{clients}/{'steered' if steered else 'unsteered'}/{r}"

@@ -49,6 +49,17 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _cpu_cores_for_vllm() -> None:
+    """On the CPU, vLLM reserves one core for its front end unless ``VLLM_CPU_NUM_OF_RESERVED_CPU``
+    is set; on a machine of four cores or fewer that is a quarter of the compute or more (2 cores,
+    16 clients, ``benchmarks/bench_serving.py --modes vllm``: 95 tokens/s with one core reserved,
+    148 with none), so there steerlens reserves none. Set the variable to choose yourself."""
+    import os
+
+    if (os.cpu_count() or 1) <= 4:
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
 class VLLMEngine:
     """The ``Engine`` interface on vLLM's ``AsyncLLM`` (its own event loop in a thread)."""
 
@@ -63,6 +74,8 @@ class VLLMEngine:
                                   max_num_seqs=max_batch, tensor_parallel_size=tensor_parallel_size,
                                   max_model_len=max_model_len or min(int(model.cfg.n_ctx), 4096),
                                   worker_extension_cls="steer.serve.vllm_worker.SteeringWorker", **engine_kwargs)
+        if not _has_cuda():
+            _cpu_cores_for_vllm()
         if not _has_cuda() and "gpu_memory_utilization" not in engine_kwargs:
             # on CPU vLLM reserves 92% of the NUMA node's RAM by default; a fixed KV cache instead
             self.engine_kwargs.setdefault("kv_cache_memory_bytes", 1 << 30)
