@@ -337,7 +337,6 @@ class _Experiment:
             concept.update(self.after(ds, eraser, rest))
             concept = dict(sorted(concept.items()))
             obj, rank, layers = eraser, _rank(eraser), eraser.layers
-            notes.append("out of family not computed for scrub (a capture per layer per held-out family)")
         elif name == "ablation":
             v = self.direction(ds.X[L][ds.fit], ds.y[ds.fit], ds.groups[ds.fit])
             concept = self.after(ds, v, probe_layers)
@@ -350,7 +349,7 @@ class _Experiment:
         with _context(self.model, obj):
             cur = next_token_logprobs(self.model)
         gens = _generate(self.model, spec, _context(self.model, obj))
-        oof = None if name == "scrub" else self.out_of_family(name, notes)
+        oof = self.out_of_family(name, notes)
         # the same-rank random control at the same layers (same centring for erasers)
         rnd = _random_like(obj, rank, spec.seed, ds.X[L].shape[1])
         with _context(self.model, rnd):
@@ -468,6 +467,10 @@ class _Experiment:
             if name == "ablation":
                 v = self.direction(ds.X[L][other], ds.y[other], ds.groups[other])
                 Xe = _project_out(ds.X[L], v)
+            elif name == "scrub":  # every scrubbed layer re-fitted without f, f's rows captured through them
+                eraser, pre = self.scrub(other)
+                Xe = (_erase(eraser, L, pre[L]) if L in eraser.layers else
+                      _capture(self.model, ds.prompts, [L], spec.batch_size, _context(self.model, eraser))[L])
             else:
                 Xe = _erase(self.fit(name, other), L, ds.X[L])
             if f not in self._oof_before:
@@ -475,6 +478,8 @@ class _Experiment:
             by_family[f] = {"before": self._oof_before[f], "after": self.heldout(ds, Xe, tr, te)}
         if name == "ablation":
             notes.append("out of family for ablation: the direction projected out at the erased layer only")
+        if name == "scrub":
+            notes.append("out of family for scrub: all scrubbed layers re-fitted per held-out family (a capture per layer)")
         if not by_family:
             notes.append("out of family not computed: no family holds both classes in four or more groups")
             return None

@@ -76,7 +76,17 @@ def test_scrubbing_erases_every_scrubbed_layer(result):
     m = result.methods["scrub"]
     assert m["layers"] == [0, 1]
     assert all(m["concept"][layer] <= 0.6 for layer in (0, 1)), m["concept"]
-    assert m["out_of_family"] is None and m["notes"]
+    assert set(m["out_of_family"]["by_family"]) == set(FAMILIES) and m["notes"]
+
+
+def test_scrub_of_one_layer_is_leace_out_of_family_too(tiny, datasets):
+    """Scrubbing only the erased layer fits the same eraser as LEACE, so its out-of-family figures
+    (re-fitted without each family, with the held-out family's rows captured) are LEACE's."""
+    r = E.run_erasure(tiny, spec(datasets, methods=["leace", "scrub"], scrub_layers=[1], control=None), progress=False)
+    a, b = (r.methods[m]["out_of_family"]["by_family"] for m in ("leace", "scrub"))
+    assert set(a) == set(b) == set(FAMILIES)
+    for f in a:
+        assert a[f]["after"] == pytest.approx(b[f]["after"], abs=1e-6), f
 
 
 def test_summary_figures_and_json(result):

@@ -1,7 +1,8 @@
 """Issue 14's erasure acceptance on the embedded Gemma 3 270M: LEACE on truthfulness at a mid layer
 (re-trained probe at chance on groups the eraser never saw, harmfulness kept, KL reported), out of
 family with every multi-direction method (the best one <= 0.65), each method's cost next to a
-same-rank random control, and sequential scrubbing from layer 0 to the probe's best layer.
+same-rank random control, and sequential scrubbing from layer 0 to the probe's best layer (with
+its out-of-family figure).
 
 Cheap by construction: the session's captured activations are reused (no capture for the one-layer
 methods), the probes' C is fixed, scrubbing runs on a seeded subset of whole groups."""
@@ -84,9 +85,13 @@ def test_sequential_scrubbing_from_the_first_layer_to_the_best(gemma, gemma_trut
     spec = ErasureSpec(methods=("scrub",), layer=best, control=None, limit=300, C=0.1, max_new_tokens=4,
                        prompts=("The capital of France is",))
     m = run_erasure(gemma, spec, acts={"truthfulness": gemma_truth_acts}, progress=False).methods["scrub"]
-    print("best layer", best, "scrubbed AUROC by layer", m["concept"], "KL", m["kl"])
+    oof = m["out_of_family"]
+    print("best layer", best, "scrubbed AUROC by layer", m["concept"], "KL", m["kl"], "| out of family", oof)
     assert m["layers"] == list(range(best + 1))
     assert all(m["concept"][layer] <= 0.60 for layer in m["layers"]), m["concept"]
+    # reported, not a bar here: every scrubbed layer re-fitted without the held-out family
+    assert set(oof["by_family"]) == {"geography", "science", "opposites", "translation"}
+    assert all(0 <= v["after"] <= 1 and v["before"] > 0.8 for v in oof["by_family"].values()), oof
 
 
 def test_bad_input_names_the_field(gemma, gemma_truth_acts):

@@ -632,3 +632,20 @@ def test_a_failing_receiver_does_not_stop_the_engine(model):
         assert isinstance(ev[-1], Finish)
     finally:
         e.stop()
+
+
+@pytest.mark.parametrize("cores, preset, expected", [(2, None, "0"), (4, None, "0"), (2, "1", "1"), (16, None, None)])
+def test_vllm_engine_gives_the_cpu_worker_every_core_on_small_machines(monkeypatch, cores, preset, expected):
+    """vLLM's CPU worker keeps one core for its front end unless told otherwise; on ≤ 4 cores the
+    engine tells it not to, and never overrides a value the user set (no vLLM needed)."""
+    import os
+
+    from steer.serve import vllm_engine
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    if preset is None:
+        monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
+    else:
+        monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", preset)
+    vllm_engine._cpu_cores_for_vllm()
+    assert os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU") == expected
