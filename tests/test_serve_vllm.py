@@ -111,6 +111,45 @@ def test_vllm_concurrent_mixed_requests_equal_solo(servers):
     assert got == solo
 
 
+@pytest.fixture(scope="module")
+def tp_client(gemma, vector):
+    """The vLLM engine with the model sharded over two workers (tensor parallel). On the CPU
+    each worker needs its own core group: vLLM splits the cores when told to simulate NUMA nodes."""
+    import os
+
+    import torch
+
+    from steerlens.models import resolve_checkpoint
+
+    if torch.cuda.is_available() and torch.cuda.device_count() < 2:
+        pytest.skip("tensor parallel needs two GPUs here (or the CPU)")
+    saved = os.environ.get("VLLM_CPU_SIM_MULTI_NUMA")
+    os.environ["VLLM_CPU_SIM_MULTI_NUMA"] = "1"  # read when vLLM starts its workers
+    try:
+        app, eng = build(gemma, model_id=MODEL, engine="vllm", checkpoint=resolve_checkpoint(MODEL),
+                         vllm_options={"dtype": "float32", "max_model_len": 512, "tensor_parallel_size": 2})
+        app.state.registry.add_vector("positive", vector)
+        app.state.registry.add_vector("negative", -vector)
+        with Server(app, eng) as sv:
+            assert eng.workers == 2  # both ranks run steerlens' hooks
+            yield openai.OpenAI(base_url=sv.url + "/v1", api_key="x", max_retries=0, timeout=600)
+    finally:
+        if saved is None:
+            os.environ.pop("VLLM_CPU_SIM_MULTI_NUMA", None)
+        else:
+            os.environ["VLLM_CPU_SIM_MULTI_NUMA"] = saved
+
+
+def test_vllm_tensor_parallel_equals_in_process_engine(servers, tp_client):
+    """Sharded over two workers, every worker's hooks see the whole hidden state after the layer's
+    all-reduce and steer it alike: the same greedy tokens as the in-process engine, every case."""
+    for case in range(len(CASES)):
+        kw = dict(max_tokens=16, temperature=0, **CASES[case])
+        a = complete(tp_client, NEUTRAL_OPENINGS[case], **dict(kw)).choices[0].text
+        b = complete(servers["inprocess"], NEUTRAL_OPENINGS[case], **dict(kw)).choices[0].text
+        assert a == b, (case, a, b)
+
+
 def test_vllm_refuses_monitors_with_a_400(servers):
     with pytest.raises(openai.BadRequestError) as e:
         complete(servers["vllm"], "x", max_tokens=2, monitors=["anything"])

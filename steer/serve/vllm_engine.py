@@ -87,6 +87,7 @@ class VLLMEngine:
         self._engine: Any = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self.workers = 0  # vLLM workers with steerlens' hooks, once started
 
     @property
     def queue_length(self) -> int:
@@ -126,6 +127,7 @@ class VLLMEngine:
         installed = await self._engine.collective_rpc("steerlens_install")
         if not installed or not all(installed):
             raise RuntimeError(f"steerlens' steering hooks were not installed on vLLM's workers ({installed})")
+        self.workers = len(installed)  # one entry per worker (tensor/pipeline parallel ranks)
 
     def stop(self, timeout: float = 60.0) -> None:
         if self._loop is None:

@@ -625,7 +625,9 @@ def serve(
     max_body: int = typer.Option(4 << 20, help="Largest request body in bytes."),
     mode: str = typer.Option("continuous", help="continuous (rows join at every step) or static."),
     engine: str = typer.Option("inprocess", help="inprocess (steerlens' engine) or vllm (needs steerlens[vllm])."),
-    tensor_parallel_size: int = typer.Option(1, help="vLLM only: GPUs to shard the model over."),
+    tensor_parallel_size: int = typer.Option(1, help="vLLM only: workers to shard the model over (GPUs; on the "
+                                             "CPU, core groups: set VLLM_CPU_OMP_THREADS_BIND, e.g. '0-7|8-15', or "
+                                             "VLLM_CPU_SIM_MULTI_NUMA=1)."),
     model_id: Optional[str] = typer.Option(None, help="The name clients pass as 'model' (default: --model, "
                                            "or a local path's last component)."),
     device: Optional[str] = DEVICE,
