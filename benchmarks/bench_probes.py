@@ -18,6 +18,15 @@
     python benchmarks/bench_probes.py            # full
     python benchmarks/bench_probes.py --quick    # fewer generation repeats
     python benchmarks/bench_probes.py --transfer-only   # just the old/new recipe transfer table
+    python benchmarks/bench_probes.py --general-direction   # is there a truth direction shared by families?
+
+``--general-direction`` (issue 15's "why"): per layer, leave-one-family-out AUROC on
+`truthfulness` + `negations` (train on three topic families, affirmations and negations, score
+the fourth) of the logistic probe (C = 0.1) and of the general truth direction t_G of Bürger et
+al. 2024 ("Truth is Universal", arXiv:2407.12831, eq. 1: a_ij = mu_i + tau_ij t_G + tau_ij p_ij
+t_P, fitted by least squares on activations centred per family; tau = +-1 truth, p = +-1
+polarity), and of their TTPD classifier (logistic regression on the projections onto t_G and a
+learned polarity direction). Each family is centred on its own mean (no labels used).
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="Paired generations (default 30, quick 6).")
     ap.add_argument("--new-tokens", type=int, default=None, help="Tokens per generation (default 24, quick 12).")
     ap.add_argument("--transfer-only", action="store_true", help="Only the old/new truth recipe transfer table.")
+    ap.add_argument("--general-direction", action="store_true",
+                    help="Only the leave-one-family-out table of the logistic probe, t_G and TTPD per layer.")
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "out" / "probes.json", help="Where to write the figures.")
     args = ap.parse_args()
     repeats = args.repeats or (6 if args.quick else 30)
@@ -55,6 +66,12 @@ def main() -> None:
     model = steerlens.load_model()
     model("warm up")
     load_s = time.perf_counter() - t0
+
+    if args.general_direction:
+        table = _general_direction(model)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.with_name("probes_general_direction.json").write_text(json.dumps(table, indent=1))
+        return
 
     if args.transfer_only:
         table = _recipes(model, args.blas_threads)
@@ -218,6 +235,48 @@ def _recipes(model, blas_threads: int) -> dict:
     return {"capture_s": capture_s, "sweep_s": sweep_s,
             "old": {"picks": old.picks, "select": old.select, "lofo": old.best["lofo"], "transfer": o.to_dict()},
             "new": {"picks": new.picks, "select": new.select, "lofo": new.best["lofo"], "transfer": n.to_dict()}}
+
+
+def _general_direction(model, layers=range(4, 15)) -> dict:
+    """Leave-one-family-out AUROC per layer: logistic probe, t_G, TTPD (see the module docstring)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    import steerlens
+    from probes import LogisticProbe, labelled_rows
+    from probes.metrics import auroc
+
+    aff, neg = labelled_rows("truthfulness"), labelled_rows("negations")
+    rows = aff + neg
+    acts = steerlens.capture(model, [r["prompt"] for r in rows], "resid_post", layers=list(layers), pool="last",
+                             rows=rows, batch_size=32, progress=False)
+    y = np.array([r["label"] for r in rows])
+    fam = np.array([r["family"] for r in rows])
+    tau, p = 2.0 * y - 1, np.r_[-np.ones(len(aff)), np.ones(len(neg))]  # p = +1: negated
+    families = list(dict.fromkeys(fam.tolist()))
+    out: dict = {}
+    lines = ["| layer | logistic: LOFO mean (min) | t_G: LOFO mean (min) | TTPD: LOFO mean (min) |", "|---|---|---|---|"]
+    for layer in layers:
+        X = acts.numpy(f"blocks.{layer}.hook_resid_post").astype(np.float64)
+        for f in families:
+            X[fam == f] -= X[fam == f].mean(0)  # each family centred on its own mean
+        res: dict = {"logistic": {}, "t_G": {}, "ttpd": {}}
+        for f in families:
+            tr, te = np.flatnonzero(fam != f), np.flatnonzero(fam == f)
+            res["logistic"][f] = auroc(y[te], LogisticProbe(C=0.1).fit(X[tr], y[tr]).decision_function(X[te]))
+            T = np.linalg.lstsq(np.stack([tau[tr], tau[tr] * p[tr]], 1), X[tr], rcond=None)[0]
+            t_g = T[0] / np.linalg.norm(T[0])
+            res["t_G"][f] = auroc(y[te], X[te] @ t_g)
+            w = LogisticRegression(C=0.1, max_iter=2000).fit(X[tr], p[tr] > 0).coef_[0]
+            P = np.stack([t_g, w / np.linalg.norm(w)], 1)
+            clf = LogisticRegression(max_iter=2000).fit(X[tr] @ P, y[tr])
+            res["ttpd"][f] = auroc(y[te], clf.decision_function(X[te] @ P))
+        out[layer] = {k: {f: round(float(v), 3) for f, v in d.items()} for k, d in res.items()}
+        cells = [f"{np.mean(list(d.values())):.3f} ({min(d.values()):.3f})" for d in out[layer].values()]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    print("\n".join(lines))
+    return out
 
 
 def _iqr(values: list[float]) -> list[float]:
