@@ -1,12 +1,13 @@
 """Per-request steering inside vLLM's workers: a worker extension (``worker_extension_cls``).
 
-vLLM flattens the running requests into one ``[tokens, d]`` batch. After each decoder layer a
-forward hook finds every request's rows (``query_start_loc`` from the forward context, the
-request ids from the model runner's input batch), reads the request's steering spec from its
-``SamplingParams.extra_args["steerlens"]`` (plain data: directions, coefficients, op, positions),
-and applies it to those rows only, at the positions it names. Requests without a spec are left
-as they are; nothing is kept on the model between requests except a bounded cache of parsed
-specs keyed by request id.
+vLLM flattens the running requests into one ``[tokens, d]`` batch. A forward hook on every
+decoder layer steers it: at the first layer of each forward call it finds every request's rows
+(``query_start_loc`` from the forward context, the request ids from the model runner's input
+batch), reads the request's steering spec from its ``SamplingParams.extra_args["steerlens"]``
+(plain data: directions, coefficients, op, positions) and turns them into a per-layer plan of
+row segments; each layer then applies its part to those rows only, at the positions they name.
+Requests without a spec are left as they are; nothing is kept on the model between requests
+except a bounded cache of parsed specs keyed by request id and the current forward's plan.
 
 Layer ``L`` is steerlens' layer ``L``: the output of decoder block ``L``
 (``blocks.L.hook_resid_post``). vLLM's decoder layers return ``(hidden, residual)`` whose sum is
