@@ -613,7 +613,11 @@ def test_serve_command_rejects_bad_options():
     from steerlens.app.cli import app
 
     for args, what in ((["--port", "70000"], "--port"), (["--max-batch", "0"], "--max-batch"),
-                       (["--mode", "turbo"], "--mode"), (["--timeout", "0"], "--timeout")):
+                       (["--mode", "turbo"], "--mode"), (["--timeout", "0"], "--timeout"),
+                       (["--nnodes", "0", "--engine", "vllm"], "--nnodes must be >= 1"),
+                       (["--nnodes", "2"], "--nnodes and --master-addr need --engine vllm"),
+                       (["--engine", "vllm", "--nnodes", "2", "--tensor-parallel-size", "3"],
+                        "--nnodes 2 must divide --tensor-parallel-size 3")):
         r = CliRunner().invoke(app, ["serve", *args])
         assert r.exit_code == 2 and what in r.output, (args, r.output)
 

@@ -9,6 +9,8 @@ elsewhere, saying why.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import threading
 import time
@@ -111,33 +113,43 @@ def test_vllm_concurrent_mixed_requests_equal_solo(servers):
     assert got == solo
 
 
+@contextlib.contextmanager
+def started(server: Server, **env: str):
+    """``server`` started with ``env`` set (vLLM reads it when it starts its workers, and only
+    then), the environment restored at once, the server stopped at the end."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        server.__enter__()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    try:
+        yield server
+    finally:
+        server.__exit__(None, None, None)
+
+
 @pytest.fixture(scope="module")
 def tp_client(gemma, vector):
     """The vLLM engine with the model sharded over two workers (tensor parallel). On the CPU
     each worker needs its own core group: vLLM splits the cores when told to simulate NUMA nodes."""
-    import os
-
     import torch
 
     from steerlens.models import resolve_checkpoint
 
     if torch.cuda.is_available() and torch.cuda.device_count() < 2:
         pytest.skip("tensor parallel needs two GPUs here (or the CPU)")
-    saved = os.environ.get("VLLM_CPU_SIM_MULTI_NUMA")
-    os.environ["VLLM_CPU_SIM_MULTI_NUMA"] = "1"  # read when vLLM starts its workers
-    try:
-        app, eng = build(gemma, model_id=MODEL, engine="vllm", checkpoint=resolve_checkpoint(MODEL),
-                         vllm_options={"dtype": "float32", "max_model_len": 512, "tensor_parallel_size": 2})
-        app.state.registry.add_vector("positive", vector)
-        app.state.registry.add_vector("negative", -vector)
-        with Server(app, eng) as sv:
-            assert eng.workers == 2  # both ranks run steerlens' hooks
-            yield openai.OpenAI(base_url=sv.url + "/v1", api_key="x", max_retries=0, timeout=600)
-    finally:
-        if saved is None:
-            os.environ.pop("VLLM_CPU_SIM_MULTI_NUMA", None)
-        else:
-            os.environ["VLLM_CPU_SIM_MULTI_NUMA"] = saved
+    app, eng = build(gemma, model_id=MODEL, engine="vllm", checkpoint=resolve_checkpoint(MODEL),
+                     vllm_options={"dtype": "float32", "max_model_len": 512, "tensor_parallel_size": 2})
+    app.state.registry.add_vector("positive", vector)
+    app.state.registry.add_vector("negative", -vector)
+    with started(Server(app, eng), VLLM_CPU_SIM_MULTI_NUMA="1") as sv:
+        assert eng.workers == 2  # both ranks run steerlens' hooks
+        yield openai.OpenAI(base_url=sv.url + "/v1", api_key="x", max_retries=0, timeout=600)
 
 
 def test_vllm_tensor_parallel_equals_in_process_engine(servers, tp_client):
@@ -146,6 +158,55 @@ def test_vllm_tensor_parallel_equals_in_process_engine(servers, tp_client):
     for case in range(len(CASES)):
         kw = dict(max_tokens=16, temperature=0, **CASES[case])
         a = complete(tp_client, NEUTRAL_OPENINGS[case], **dict(kw)).choices[0].text
+        b = complete(servers["inprocess"], NEUTRAL_OPENINGS[case], **dict(kw)).choices[0].text
+        assert a == b, (case, a, b)
+
+
+@pytest.fixture(scope="module")
+def two_node_client(gemma, vector, tmp_path_factory):
+    """Two nodes on loopback: node 1 is ``python -m steer.serve.vllm_node`` (vLLM's headless
+    workers with steerlens' extension), node 0 the vLLM engine, tensor parallel over both (vLLM's
+    multiprocess executor over TCP, as across machines). On the CPU each node gets its own core."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from steerlens.models import resolve_checkpoint
+
+    cores = sorted(os.sched_getaffinity(0))
+    if torch.cuda.is_available() or len(cores) < 2:
+        pytest.skip("two nodes on one machine are simulated on two CPU cores")
+    ckpt = str(resolve_checkpoint(MODEL))
+    log = tmp_path_factory.mktemp("node1") / "node1.log"
+    node1 = subprocess.Popen(
+        [sys.executable, "-m", "steer.serve.vllm_node", "--model", ckpt, "--nnodes", "2", "--node-rank", "1",
+         "--master-addr", "127.0.0.1", "--tensor-parallel-size", "2", "--dtype", "float32", "--max-model-len", "512",
+         "--kv-cache-memory-bytes", str(1 << 30)],
+        env=dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=str(cores[1])), stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        app, eng = build(gemma, model_id=MODEL, engine="vllm", checkpoint=ckpt,
+                         vllm_options={"dtype": "float32", "max_model_len": 512, "tensor_parallel_size": 2,
+                                       "nnodes": 2, "node_rank": 0, "master_addr": "127.0.0.1"})
+        app.state.registry.add_vector("positive", vector)
+        app.state.registry.add_vector("negative", -vector)
+        with started(Server(app, eng), VLLM_CPU_OMP_THREADS_BIND=str(cores[0])) as sv:
+            assert eng.workers == 2, log.read_text()[-3000:]  # the remote node's worker runs the hooks too
+            yield openai.OpenAI(base_url=sv.url + "/v1", api_key="x", max_retries=0, timeout=600)
+    finally:
+        node1.terminate()
+        try:
+            node1.wait(60)
+        except subprocess.TimeoutExpired:
+            node1.kill()
+            node1.wait(30)
+
+
+def test_vllm_over_two_nodes_equals_in_process_engine(servers, two_node_client):
+    """Sharded over two nodes (loopback), the same greedy tokens as the in-process engine, every case."""
+    for case in range(len(CASES)):
+        kw = dict(max_tokens=16, temperature=0, **CASES[case])
+        a = complete(two_node_client, NEUTRAL_OPENINGS[case], **dict(kw)).choices[0].text
         b = complete(servers["inprocess"], NEUTRAL_OPENINGS[case], **dict(kw)).choices[0].text
         assert a == b, (case, a, b)
 

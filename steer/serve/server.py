@@ -91,9 +91,11 @@ def serve(model: str = "gemma-3-270m", *, vectors: str | None = None, probes: st
           host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_batch: int = 16,
           max_queue: int = 64, mode: str = "continuous", limits: Limits = Limits(), device: str | None = None,
           dtype: str | None = None, model_id: str | None = None, engine: str = "inprocess",
-          tensor_parallel_size: int = 1) -> None:
+          tensor_parallel_size: int = 1, nnodes: int = 1, master_addr: str | None = None) -> None:
     """Load ``model`` and serve it until interrupted (``steerlens serve``). ``model_id``: the
-    name clients pass as ``model`` (default: the spec, or a local path's last component)."""
+    name clients pass as ``model`` (default: the spec, or a local path's last component).
+    ``nnodes``/``master_addr`` (vLLM only): this process is node 0 of ``nnodes``, the workers of the
+    other nodes run ``python -m steer.serve.vllm_node`` (see ``docs/serve.md``)."""
     import uvicorn
 
     from steerlens.models import load_model
@@ -108,7 +110,9 @@ def serve(model: str = "gemma-3-270m", *, vectors: str | None = None, probes: st
         checkpoint = resolve_checkpoint(model)
     app, eng = build(m, model_id=model_id, vectors=vectors, probes=probes, api_key=api_key, max_batch=max_batch,
                      max_queue=max_queue, mode=mode, limits=limits, engine=engine, checkpoint=checkpoint,
-                     vllm_options={"tensor_parallel_size": tensor_parallel_size, "dtype": dtype or "float32"})
+                     vllm_options={"tensor_parallel_size": tensor_parallel_size, "dtype": dtype or "float32",
+                                   **({"nnodes": nnodes, "node_rank": 0, "master_addr": master_addr or "127.0.0.1"}
+                                      if nnodes > 1 else {})})
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: serving on {host} without an API key: anyone who can reach it can register vectors")
     eng.start()

@@ -628,6 +628,10 @@ def serve(
     tensor_parallel_size: int = typer.Option(1, help="vLLM only: workers to shard the model over (GPUs; on the "
                                              "CPU, core groups: set VLLM_CPU_OMP_THREADS_BIND, e.g. '0-7|8-15', or "
                                              "VLLM_CPU_SIM_MULTI_NUMA=1)."),
+    nnodes: int = typer.Option(1, help="vLLM only: nodes the workers span (this is node 0; on the others run "
+                               "'python -m steer.serve.vllm_node', see docs/serve.md)."),
+    master_addr: Optional[str] = typer.Option(None, help="vLLM only, with --nnodes > 1: this node's address as the "
+                                              "other nodes reach it (default 127.0.0.1)."),
     model_id: Optional[str] = typer.Option(None, help="The name clients pass as 'model' (default: --model, "
                                            "or a local path's last component)."),
     device: Optional[str] = DEVICE,
@@ -650,10 +654,18 @@ def serve(
         raise typer.BadParameter(f"--engine takes 'inprocess' or 'vllm', got {engine!r}")
     if tensor_parallel_size < 1:
         raise typer.BadParameter(f"--tensor-parallel-size must be >= 1, got {tensor_parallel_size}")
+    if nnodes < 1:
+        raise typer.BadParameter(f"--nnodes must be >= 1, got {nnodes}")
+    if (nnodes > 1 or master_addr is not None) and engine != "vllm":
+        raise typer.BadParameter(f"--nnodes and --master-addr need --engine vllm, got --engine {engine}")
+    if nnodes > 1 and tensor_parallel_size % nnodes:
+        raise typer.BadParameter(f"--nnodes {nnodes} must divide --tensor-parallel-size {tensor_parallel_size} "
+                                 "(each node runs the same number of workers)")
     run_server(model, vectors=None if vectors is None else str(vectors), probes=None if probes is None else str(probes),
                host=host, port=port, api_key=api_key, max_batch=max_batch, max_queue=max_queue, mode=mode,
                limits=Limits(max_tokens=max_tokens, timeout=timeout, max_body=max_body), device=device, dtype=dtype,
-               model_id=model_id, engine=engine, tensor_parallel_size=tensor_parallel_size)
+               model_id=model_id, engine=engine, tensor_parallel_size=tensor_parallel_size, nnodes=nnodes,
+               master_addr=master_addr)
 
 
 def main() -> None:
