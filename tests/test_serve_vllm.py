@@ -40,21 +40,29 @@ def vector(gemma):
     return steer.mean_diff(acts, layers=[LAYER])
 
 
-@pytest.fixture(scope="module")
-def servers(gemma, vector):
+def app_with_vectors(gemma, vector, *, inprocess: bool = False, **vllm_options):
+    """An app and engine with the "positive" and "negative" vectors registered: the vLLM engine
+    (float32, 512 tokens, plus ``vllm_options``), or the in-process one."""
     from steerlens.models import resolve_checkpoint
 
-    out = {}
-    app_v, eng_v = build(gemma, model_id=MODEL, engine="vllm", checkpoint=resolve_checkpoint(MODEL),
-                         vllm_options={"dtype": "float32", "max_model_len": 512})
-    app_i, eng_i = build(gemma, model_id=MODEL)
-    for app in (app_v, app_i):
-        app.state.registry.add_vector("positive", vector)
-        app.state.registry.add_vector("negative", -vector)
-    with Server(app_v, eng_v) as sv, Server(app_i, eng_i) as si:
-        out["vllm"] = openai.OpenAI(base_url=sv.url + "/v1", api_key="x", max_retries=0, timeout=600)
-        out["inprocess"] = openai.OpenAI(base_url=si.url + "/v1", api_key="x", max_retries=0, timeout=600)
-        yield out
+    if inprocess:
+        app, eng = build(gemma, model_id=MODEL)
+    else:
+        app, eng = build(gemma, model_id=MODEL, engine="vllm", checkpoint=resolve_checkpoint(MODEL),
+                         vllm_options={"dtype": "float32", "max_model_len": 512, **vllm_options})
+    app.state.registry.add_vector("positive", vector)
+    app.state.registry.add_vector("negative", -vector)
+    return app, eng
+
+
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def servers(gemma, vector):
+    with Server(*app_with_vectors(gemma, vector)) as sv, Server(*app_with_vectors(gemma, vector, inprocess=True)) as si:
+        yield {"vllm": client(sv), "inprocess": client(si)}
 
 
 def complete(client, prompt, **kw):
@@ -139,17 +147,12 @@ def tp_client(gemma, vector):
     each worker needs its own core group: vLLM splits the cores when told to simulate NUMA nodes."""
     import torch
 
-    from steerlens.models import resolve_checkpoint
-
     if torch.cuda.is_available() and torch.cuda.device_count() < 2:
         pytest.skip("tensor parallel needs two GPUs here (or the CPU)")
-    app, eng = build(gemma, model_id=MODEL, engine="vllm", checkpoint=resolve_checkpoint(MODEL),
-                     vllm_options={"dtype": "float32", "max_model_len": 512, "tensor_parallel_size": 2})
-    app.state.registry.add_vector("positive", vector)
-    app.state.registry.add_vector("negative", -vector)
+    app, eng = app_with_vectors(gemma, vector, tensor_parallel_size=2)
     with started(Server(app, eng), VLLM_CPU_SIM_MULTI_NUMA="1") as sv:
         assert eng.workers == 2  # both ranks run steerlens' hooks
-        yield openai.OpenAI(base_url=sv.url + "/v1", api_key="x", max_retries=0, timeout=600)
+        yield client(sv)
 
 
 def test_vllm_tensor_parallel_equals_in_process_engine(servers, tp_client):
@@ -185,14 +188,11 @@ def two_node_client(gemma, vector, tmp_path_factory):
          "--kv-cache-memory-bytes", str(1 << 30)],
         env=dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=str(cores[1])), stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
-        app, eng = build(gemma, model_id=MODEL, engine="vllm", checkpoint=ckpt,
-                         vllm_options={"dtype": "float32", "max_model_len": 512, "tensor_parallel_size": 2,
-                                       "nnodes": 2, "node_rank": 0, "master_addr": "127.0.0.1"})
-        app.state.registry.add_vector("positive", vector)
-        app.state.registry.add_vector("negative", -vector)
+        app, eng = app_with_vectors(gemma, vector, tensor_parallel_size=2, nnodes=2, node_rank=0,
+                                    master_addr="127.0.0.1")
         with started(Server(app, eng), VLLM_CPU_OMP_THREADS_BIND=str(cores[0])) as sv:
             assert eng.workers == 2, log.read_text()[-3000:]  # the remote node's worker runs the hooks too
-            yield openai.OpenAI(base_url=sv.url + "/v1", api_key="x", max_retries=0, timeout=600)
+            yield client(sv)
     finally:
         node1.terminate()
         try:

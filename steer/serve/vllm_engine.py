@@ -76,9 +76,9 @@ class VLLMEngine:
                                   worker_extension_cls="steer.serve.vllm_worker.SteeringWorker", **engine_kwargs)
         if not _has_cuda():
             _cpu_cores_for_vllm()
-        if not _has_cuda() and "gpu_memory_utilization" not in engine_kwargs:
-            # on CPU vLLM reserves 92% of the NUMA node's RAM by default; a fixed KV cache instead
-            self.engine_kwargs.setdefault("kv_cache_memory_bytes", 1 << 30)
+            if "gpu_memory_utilization" not in engine_kwargs:
+                # on CPU vLLM reserves 92% of the NUMA node's RAM by default; a fixed KV cache instead
+                self.engine_kwargs.setdefault("kv_cache_memory_bytes", 1 << 30)
         self.stats = {"admitted": 0, "joined": 0, "cancelled": 0, "forwards": 0, "max_rows": 0}
         self._inflight = 0
         self._lock = threading.Lock()
