@@ -336,7 +336,8 @@ def calibrate(model: "TransformerBridge", vector: SteeringVector, *, kl_budget: 
     ``target_shift``, within ``ppl_budget`` and ``max_degenerate`` when given (``kl_budget`` is
     not used). ``judge`` defaults to ``steer.judges.VaderJudge()``; ``metric`` is the judge's
     ``"positive_share"``, ``"negative_share"`` (a negative target lowers it) or ``"mean"`` score.
-    Doubles from ``start`` until the target is reached (or the perplexity cap is broken), then
+    Doubles from ``start`` until the target is reached (or the perplexity cap is broken; halves
+    while ``start`` is over the cap), then
     bisects ``steps`` times in log space, towards the target (or, when it was not reached, towards
     the cap); the result is the smallest coefficient *tried* that reached it. ``info["calibration"]["tried"]`` is the
     effect–cost curve (shift, shares, KL, perplexity ratio, degenerate rate per coefficient);
@@ -471,6 +472,14 @@ def _calibrate_behaviour(model, vector: SteeringVector, *, target_shift: float, 
         if c >= max_coeff:
             break
         lo, c = c, min(c * 2, max_coeff)
+    while top is not None and lo is None and hi is None and c > start / 1024:  # start was over the cap: halve
+        c /= 2
+        if reached(c):
+            hi = c
+        elif over(tried[-1]):
+            top = c
+        else:
+            lo = c
     for _ in range(steps):  # bisect in log space: towards the target if reached, else towards the cap
         if hi is not None:
             mid = math.sqrt((lo if lo is not None else hi / 2) * hi)

@@ -59,7 +59,8 @@ def _analyzer():
 class VaderJudge:
     """VADER's normalised ``compound = x / √(x² + α)``, α = 15, of the summed valences ``x`` (Hutto &
     Gilbert 2014), in [−1, 1] per text; positive when ≥ ``threshold``, negative when ≤ −``threshold``
-    (0.05, the authors' recommended cut-off)."""
+    (0.05, the authors' recommended cut-off). HTML tags are replaced by a space first: VADER splits
+    on whitespace, so ``<strong>beautiful</strong>`` would hide the word a reader sees."""
 
     threshold: float = 0.05
     name: str = "vader"
@@ -72,7 +73,10 @@ class VaderJudge:
         if isinstance(texts, str):
             raise TypeError("VaderJudge takes a list of texts, got one str")
         sia = _analyzer()
-        return [float(sia.polarity_scores(t)["compound"]) for t in texts]
+        return [float(sia.polarity_scores(_TAG.sub(" ", t))["compound"]) for t in texts]
+
+
+_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")  # an HTML tag: <b>, </strong>, <br/>, <a href="..">
 
 
 _WORD = re.compile(r"\w+(?:'\w+)?")

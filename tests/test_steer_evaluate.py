@@ -246,6 +246,12 @@ def test_calibrate_to_a_shift_it_cannot_reach_warns(tiny, a_vector):
     assert over and max(t["coeff"] for t in info["tried"]) == max(t["coeff"] for t in over) < 256
     assert info["ppl_ratio"] <= budget and not info["reached"]
     assert len(info["tried"]) == len({t["coeff"] for t in info["tried"]})
+    # a start already over the cap halves into it (a multi-layer vector's coefficient is small)
+    with pytest.warns(UserWarning, match="caps"):
+        cal = steer.calibrate(tiny, a_vector, target_shift=1.01, judge=_AShare(), prompts=PROMPTS, texts=no_a,
+                              max_new_tokens=4, start=256.0, ppl_budget=budget, steps=2)
+    info = cal.info["calibration"]
+    assert info["tried"][0]["coeff"] < 256 and info["ppl_ratio"] <= budget and cal.coeff < 256  # sorted by coeff
 
 
 def test_calibrate_behaviour_errors(tiny, a_vector):

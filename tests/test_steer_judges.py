@@ -23,6 +23,19 @@ def test_vader_judge_scores_polarity():
         VaderJudge(threshold=1.5)
 
 
+def test_vader_judge_reads_words_inside_html_tags():
+    # the model writes markup ("is a <strong>beautiful</strong> one"); VADER splits on whitespace, so
+    # without stripping the tags it would score the word a reader sees as no word at all
+    judge = VaderJudge()
+    tagged, plain = judge(["The road is a <strong>beautiful</strong> one.", "The road is a beautiful one."])
+    assert tagged == plain > 0.5
+    assert judge(['<a href="x">lovely</a> day<br/>'])[0] == judge(["lovely day"])[0]
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    text = "x < y and y > z is good, a <3 love"  # comparison signs and an emoticon are not tags: left as they are
+    assert judge([text])[0] == SentimentIntensityAnalyzer().polarity_scores(text)["compound"] > 0
+
+
 def test_judge_texts_shares_and_a_users_own_judge():
     texts = ["It was wonderful.", "It was awful.", "It was at nine.", "Great, great fun."]
     j = judge_texts(VaderJudge(), texts)
