@@ -35,6 +35,8 @@ from steerlens.neutral import NEUTRAL_TEXTS, kl, next_token_logprobs, next_token
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
+    from steerlens.activations import Activations
+
 #: neutral openings for generation, and the default prompts of ``calibrate(target_shift=...)``;
 #: judge a calibrated vector on other prompts (``steer.judges.HELD_OUT_OPENINGS``)
 NEUTRAL_OPENINGS: tuple[str, ...] = (
@@ -178,12 +180,13 @@ def steering_cost(model: "TransformerBridge", vector: SteeringVector, coeff: flo
 def sweep(model: "TransformerBridge", vector: SteeringVector, coeffs: Sequence[float],
           prompts: Sequence[str] = NEUTRAL_OPENINGS, *, behaviour: Behaviour = None,
           neutral: Sequence[str] = NEUTRAL_TEXTS, layers=None, op: Op = "add", positions: Positions = "all",
-          sites: Site | Sequence[Site] | None = None, control: bool = True, max_new_tokens: int = 20,
+          sites: Site | Sequence[Site] | None = None, control: "bool | Activations" = True, max_new_tokens: int = 20,
           do_sample: bool = False, seed: int = 0, batch_size: int = 8, force: bool = False,
           progress: bool = True) -> SteeringSweep:
     """For each coefficient: behaviour score (mean over ``prompts``), KL and perplexity on
     ``neutral`` text, and the generations. ``control=True`` repeats it with a random vector of the
-    same norm per layer (``vector.random_like(seed)``)."""
+    same norm per layer (``vector.random_like(seed)``, isotropic); ``control=acts`` (an
+    ``Activations``) with one shaped like those activations (``vector.random_like(seed, acts=acts)``)."""
     from tqdm.auto import tqdm
 
     coeffs = [float(c) for c in coeffs]
@@ -197,7 +200,10 @@ def sweep(model: "TransformerBridge", vector: SteeringVector, coeffs: Sequence[f
         behaviour = replace(behaviour, pool=behaviour.resolve_pool(vector))
     base = _Baseline(model, neutral, batch_size)
     kw = dict(layers=layers, op=op, sites=sites, force=force)
-    runs = [("vector", vector)] + ([("control", vector.random_like(seed))] if control else [])
+    if not isinstance(control, bool) and not hasattr(control, "at"):
+        raise TypeError(f"control must be True, False or an Activations, got {type(control).__name__}")
+    shape = None if isinstance(control, bool) else control
+    runs = [("vector", vector)] + ([("control", vector.random_like(seed, acts=shape))] if control is not False else [])
     out: dict[str, list[SweepPoint]] = {name: [] for name, _ in runs}
     bar = tqdm(total=len(coeffs) * len(runs), desc="sweep", unit="coeff", disable=not progress)
     for name, vec in runs:
@@ -219,7 +225,8 @@ def sweep(model: "TransformerBridge", vector: SteeringVector, coeffs: Sequence[f
     meta = {"vector": {k: v for k, v in vector.metadata().items() if k != "info"}, "op": op,
             "positions": positions if isinstance(positions, str) else list(positions),
             "layers": layers if layers is not None else vector.layers, "max_new_tokens": max_new_tokens,
-            "do_sample": do_sample, "seed": seed, "neutral_texts": list(neutral)}
+            "do_sample": do_sample, "seed": seed, "neutral_texts": list(neutral),
+            "control": "none" if control is False else "isotropic" if shape is None else "activation-shaped"}
     if isinstance(behaviour, ProbeScore):
         meta["probe"] = {"layer": behaviour.layer, "pool": behaviour.pool}
     return SteeringSweep(tuple(out["vector"]), tuple(out.get("control", ())), base.ppl,

@@ -19,9 +19,12 @@ from jaxtyping import Float
 from steerlens import artifacts
 from steerlens.artifacts import OPT_NUMBER, PROVENANCE, Check
 from steerlens.artifacts import now as _now
+from steerlens.hooks import hook_kind
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
+
+    from steerlens.activations import Activations
 
 FORMAT = "steerlens.steering_vector"
 VERSION = 1
@@ -132,15 +135,31 @@ class SteeringVector:
             out[layer] = v
         return self.replace(directions=out, method=f"{self.method}-orth", coeff=None, created=_now())
 
-    def random_like(self, seed: int = 0) -> "SteeringVector":
-        """A random direction with the same norm at each layer: the control for an effect."""
+    def random_like(self, seed: int = 0, acts: "Activations | None" = None) -> "SteeringVector":
+        """A random direction with the same norm at each layer: the control for an effect.
+
+        Isotropic by default (``r ~ N(0, I)``). With ``acts`` (activations of the vector's hook at
+        its layers, one row per text), shaped like the data instead: ``r = X̃ᵀz``, ``z ~ N(0, Iₙ)``,
+        for the centred activations ``X̃`` [n, d], i.e. ``r ~ N(0, n·Σ)`` within the span where
+        activations vary (an isotropic direction mostly points where they never go)."""
         g = torch.Generator().manual_seed(1_000_003 * seed + 20_231_215)  # salted: not torch's seed-0 stream
         out = {}
         for layer, v in self.directions.items():
-            r = torch.randn(v.numel(), generator=g)
+            if acts is None:
+                r = torch.randn(v.numel(), generator=g)
+            else:
+                try:
+                    x = acts.at(layer, hook_kind(self.hook)).float()
+                except KeyError:
+                    raise ValueError(f"random_like: acts hold no {self.hook!r} activations at layer {layer}; "
+                                     f"captured: {acts.hooks}") from None
+                if x.ndim != 2 or x.shape[1] != v.numel() or x.shape[0] < 2:
+                    raise ValueError(f"random_like: acts at layer {layer} must be [n >= 2, {v.numel()}] (one pooled "
+                                     f"row per text), got {list(x.shape)}")
+                r = (x - x.mean(0)).T @ torch.randn(x.shape[0], generator=g)
             out[layer] = r * (v.norm() / r.norm())
-        return self.replace(directions=out, method="random", coeff=self.coeff, created=_now(),
-                            info={"control_of": self.method, "seed": seed})
+        info = {"control_of": self.method, "seed": seed, "shape": "isotropic" if acts is None else "activations"}
+        return self.replace(directions=out, method="random", coeff=self.coeff, created=_now(), info=info)
 
     def with_coeff(self, coeff: float, **info: Any) -> "SteeringVector":
         """The same vector with a calibrated coefficient (and its details) in the metadata."""

@@ -47,6 +47,17 @@ def test_sweep_with_a_function_and_a_control(tiny, vec):
         assert len(p.samples) == len(PROMPTS) and len(p.scores) == len(PROMPTS)
         assert p.behaviour == pytest.approx(sum(p.scores) / len(p.scores))
     assert len(calls) == 6
+    assert res.meta["control"] == "isotropic"
+    # a control shaped like activations (vector.random_like(seed, acts=...)); anything else is refused
+    acts = steerlens.capture(tiny, TEXTS, "resid_post", layers=[1], pool="mean", progress=False)
+    shaped = steer.sweep(tiny, vec, [1.0], PROMPTS, behaviour=count_a, neutral=TEXTS, max_new_tokens=5,
+                         control=acts, progress=False)
+    assert shaped.meta["control"] == "activation-shaped" and len(shaped.control) == 1
+    assert shaped.control[0].kl == pytest.approx(
+        steering_cost(tiny, vec.random_like(0, acts=acts), 1.0, texts=TEXTS).kl, rel=1e-5)
+    assert shaped.control[0].kl != pytest.approx(res.control[1].kl, rel=1e-3)  # not the isotropic direction
+    with pytest.raises(TypeError, match="control must be"):
+        steer.sweep(tiny, vec, [1.0], PROMPTS, neutral=TEXTS, control="yes", progress=False)
     # the unsteered point equals plain generation
     assert list(res.points[0].samples) == steer.generate(tiny, PROMPTS, None, max_new_tokens=5)
     d = res.to_dict()

@@ -51,6 +51,27 @@ def test_random_like_same_norm_and_seeded():
     assert r1.method == "random"
 
 
+def test_random_like_shaped_like_the_activations():
+    from steerlens.activations import Activations
+
+    # activations varying only in the first 3 of 64 dimensions, around an offset: the shaped control
+    # lies in that span (the mean is removed), the isotropic one mostly outside it
+    g = torch.Generator().manual_seed(0)
+    x = {f"blocks.{layer}.hook_resid_post": 5.0 + torch.cat([torch.randn(40, 3, generator=g), torch.zeros(40, 61)], 1)
+         for layer in (1, 2)}
+    acts = Activations(x, [{"prompt": str(i)} for i in range(40)], lengths=[1] * 40, pool="mean")
+    a = vec(0, hook="resid_post")
+    shaped, iso = a.random_like(0, acts=acts), a.random_like(0)
+    for layer in a.layers:
+        assert math.isclose(shaped.norms()[layer], a.norms()[layer], rel_tol=1e-5)
+        assert float(shaped[layer][3:].abs().max()) < 1e-4 * shaped.norms()[layer]
+        assert float(iso[layer][3:].norm()) > 0.9 * iso.norms()[layer]
+    assert shaped.info["shape"] == "activations" and iso.info["shape"] == "isotropic"
+    assert torch.equal(a.random_like(0, acts=acts)[1], shaped[1]) and not torch.equal(a.random_like(1, acts=acts)[1], shaped[1])
+    with pytest.raises(ValueError, match="no 'resid_post' activations at layer 3"):
+        vec(0, layers=(3,), hook="resid_post").random_like(0, acts=acts)
+
+
 def test_save_load_round_trip(tmp_path):
     a = vec(0, model_name="m", fingerprint="abc", dataset="sentiment", dataset_hash="h", method="mean_diff")
     a = a.with_coeff(3.5, calibration={"kl": 0.09})
