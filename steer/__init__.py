@@ -2,7 +2,7 @@
 KV-cache correct), evaluated against their cost, calibrated, saved, and exported to llama.cpp;
 LEACE concept erasers fitted on captured activations and applied the same way.
 
-    v = steer.compute(model, "sentiment", layers=[6])            # mean_diff of the pairs
+    v = steer.compute(model, "sentiment")                        # mean_diff of the pairs, every layer
     v = steer.calibrate(model, v)                                # largest coeff with KL <= 0.1 nats
     v = steer.calibrate(model, v, target_shift=0.3, ppl_budget=1.3)  # smallest coeff moving an outside judge
     with steer.apply(model, v, coeff=v.coeff, positions="all"):

@@ -350,7 +350,8 @@ def calibrate(model: "TransformerBridge", vector: SteeringVector, *, kl_budget: 
     effect–cost curve (shift, shares, KL, perplexity ratio, degenerate rate per coefficient);
     ``steer.plots.calibration_figure`` draws it with the chosen point marked. If no coefficient
     up to ``max_coeff`` reaches the target within the caps, a warning says so and the vector gets
-    the coefficient with the largest shift within the caps (``info["calibration"]["reached"]`` False).
+    the coefficient with the largest shift within the caps, the largest such coefficient on a tie
+    (``info["calibration"]["reached"]`` False).
     Judge the result on prompts other than ``prompts`` (``steer.judges.HELD_OUT_OPENINGS``).
     """
     if target_shift is not None:
@@ -506,7 +507,7 @@ def _calibrate_behaviour(model, vector: SteeringVector, *, target_shift: float, 
         best = min(ok, key=lambda t: t["coeff"])
     else:
         within = [t for t in tried if t["within_caps"]] or tried
-        best = max(within, key=lambda t: t["shift"] * (1 if target_shift > 0 else -1))
+        best = max(within, key=lambda t: (t["shift"] * (1 if target_shift > 0 else -1), t["coeff"]))  # ties: the stronger
         warnings.warn(f"calibrate: no coefficient tried (up to {max(t['coeff'] for t in tried):g}) reached "
                       f"target_shift={target_shift} of {metric} within the caps; the best shift was "
                       f"{best['shift']:.3f} at coefficient {best['coeff']:g}", stacklevel=3)

@@ -36,6 +36,9 @@ def test_steer_cli_flow(model_dir, tmp_path):
     assert out["layers"] == [1]
     v = SteeringVector.load(vec)
     assert v.dataset == "sentiment" and v.method == "mean_diff" and v.coeff is None
+    every = payload(run("steer", "compute", "--out", tmp_path / "every.safetensors", "--model", model_dir,
+                        "--batch-size", "64"))
+    assert every["layers"] == [0, 1, 2]  # the default recipe: every layer of the 3-layer tiny model
 
     cal = payload(run("steer", "calibrate", vec, "--kl-budget", "0.01", "--model", model_dir))
     assert SteeringVector.load(vec).coeff == cal["coeff"] and cal["kl"] <= 0.01

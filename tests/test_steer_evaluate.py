@@ -256,6 +256,9 @@ def test_calibrate_to_a_shift_it_cannot_reach_warns(tiny, a_vector):
     # the doubling stopped at the first coefficient over the cap; bisection stayed below it
     assert over and max(t["coeff"] for t in info["tried"]) == max(t["coeff"] for t in over) < 256
     assert info["ppl_ratio"] <= budget and not info["reached"]
+    within = [t for t in info["tried"] if t["within_caps"]]
+    top = max(t["shift"] for t in within)  # the best shift within the caps, at its largest coefficient
+    assert cal.coeff == max(t["coeff"] for t in within if t["shift"] == top)
     assert len(info["tried"]) == len({t["coeff"] for t in info["tried"]})
     # a start already over the cap halves into it (a multi-layer vector's coefficient is small)
     with pytest.warns(UserWarning, match="caps"):

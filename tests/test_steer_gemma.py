@@ -1,15 +1,19 @@
-"""Acceptance on the embedded Gemma 3 270M (issue 16): the default sentiment recipe, calibrated to a
-behaviour shift on ``steer.evaluate.NEUTRAL_OPENINGS``, moves an external judge (VADER, which
-never sees an activation) on held-out openings (``steer.judges.HELD_OUT_OPENINGS``, used neither to
-build nor to calibrate the vector) within the cost limits, and a random same-norm direction at the
-same coefficient does not make text positive; the probe judge (it reads the injected direction) is
-an extra check. Two acceptance figures are not met on this model and are strict xfails with the
-measured numbers: a +0.30 shift of the positive share, and a random direction moving it by <= 0.05.
+"""Acceptance on the embedded Gemma 3 270M (issue 16): the default sentiment recipe (the class-mean
+difference of the shipped pairs at every layer), calibrated to a behaviour shift on
+``steer.evaluate.NEUTRAL_OPENINGS``, moves an external judge (VADER, which never sees an
+activation) by >= 0.30 on held-out openings (``steer.judges.HELD_OUT_OPENINGS``, used neither to
+build nor to calibrate the vector) within the cost limits; random directions of the same norm per
+layer at the same coefficient, shaped like the activations, leave the judge where it was (mean
+over seeds); isotropic ones do not make text positive but do move the judge (a strict xfail with
+the measured numbers); the probe judge (it reads the injected direction) is an extra check.
 Also: cached generation equals full recompute; per-row batches equal solo runs.
 
 Everything expensive is computed once in module fixtures (the capture of the 300 sentiment
-sentences, the calibration generations, three batched generations of the held-out openings).
+sentences, the calibration generations, one batched generation of the held-out openings under
+every vector).
 """
+
+import statistics
 
 import numpy as np
 import pytest
@@ -21,21 +25,21 @@ from steer.judges import HELD_OUT_OPENINGS, VaderJudge, degenerate_rate, judge_t
 
 pytestmark = pytest.mark.gemma
 
-STEER_LAYER = 6  # of 18: the default recipe (benchmarks/README.md, steering recipe table)
+STEER_LAYER = 6  # a single layer, for the checks that need one vector of one layer
 PROBE_LAYER = 10
 NEW_TOKENS = 16
 TARGET = 0.30  # issue 16: positive share up by >= 0.30 over unsteered
 PPL_LIMIT, DEGENERATE_LIMIT, CONTROL_LIMIT = 1.30, 0.05, 0.05
+SHAPED_SEEDS, ISOTROPIC_SEEDS = 8, 4  # random directions per kind (a share moves in steps of 1/32)
 
 
 @pytest.fixture(scope="module")
 def sentiment(gemma):
-    """Mean-pooled resid_post of the 150 shipped sentiment pairs at the steering and probe layers."""
+    """Mean-pooled resid_post of the 150 shipped sentiment pairs at every layer."""
     pairs = steerlens.data.load("sentiment")
     texts = [p.positive for p in pairs] + [p.negative for p in pairs]
     labels = [1] * len(pairs) + [0] * len(pairs)
-    return steerlens.capture(gemma, texts, "resid_post", layers=[STEER_LAYER, PROBE_LAYER], pool="mean",
-                             labels=labels, batch_size=32, progress=False)
+    return steerlens.capture(gemma, texts, "resid_post", pool="mean", labels=labels, batch_size=32, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +51,14 @@ def probe(sentiment):
 
 @pytest.fixture(scope="module")
 def vector(gemma, sentiment):
-    """The default recipe: steer.compute's mean_diff of mean-pooled pairs at layer 6, calibrated to
-    the target shift of VADER's positive share on the calibration openings, within the limits."""
-    v = steer.mean_diff(sentiment, layers=[STEER_LAYER])
+    """The default recipe: steer.compute's mean_diff of mean-pooled pairs at every layer, calibrated
+    to the target shift of VADER's positive share on the calibration openings, within the limits
+    (the arguments of the tour and of ``steerlens steer compute --calibrate``)."""
+    v = steer.mean_diff(sentiment)
+    assert v.layers == list(range(gemma.cfg.n_layers))
     return steer.calibrate(gemma, v, target_shift=TARGET, judge=VaderJudge(), prompts=NEUTRAL_OPENINGS,
                            max_new_tokens=NEW_TOKENS, ppl_budget=PPL_LIMIT, max_degenerate=DEGENERATE_LIMIT,
-                           start=2.0, steps=2)
+                           start=1.0, steps=2)
 
 
 def _probe_p(gemma, probe, prompts, texts):
@@ -62,19 +68,30 @@ def _probe_p(gemma, probe, prompts, texts):
 
 
 @pytest.fixture(scope="module")
-def runs(gemma, probe, vector):
-    """Held-out openings, unsteered / steered / random same-norm direction, in one batch."""
+def runs(gemma, probe, sentiment, vector):
+    """Held-out openings: unsteered, steered, and random directions of the vector's norm per layer
+    (activation-shaped and isotropic seeds), all at the calibrated coefficient, in one call."""
     prompts, k = list(HELD_OUT_OPENINGS), len(HELD_OUT_OPENINGS)
-    control = vector.random_like(seed=0)
-    texts = steer.generate(gemma, prompts * 3, [None] * k + [vector] * k + [control] * k,
-                           coeff=[0.0] * k + [vector.coeff] * 2 * k, max_new_tokens=NEW_TOKENS)
+    rows = {"baseline": None, "steered": vector}
+    rows |= {f"shaped{s}": vector.random_like(seed=s, acts=sentiment) for s in range(SHAPED_SEEDS)}
+    rows |= {f"isotropic{s}": vector.random_like(seed=s) for s in range(ISOTROPIC_SEEDS)}
+    texts = steer.generate(gemma, prompts * len(rows), [v for v in rows.values() for _ in prompts],
+                           coeff=[0.0 if v is None else vector.coeff for v in rows.values() for _ in prompts],
+                           max_new_tokens=NEW_TOKENS, batch_size=64)
     out = {}
-    for i, name in enumerate(("baseline", "steered", "control")):
+    for i, name in enumerate(rows):
         t = texts[i * k:(i + 1) * k]
         out[name] = {"texts": t, "judge": judge_texts(VaderJudge(), [x if x.strip() else p + x for p, x in zip(prompts, t)]),
-                     "degenerate": degenerate_rate(t), "p": _probe_p(gemma, probe, prompts, t)}
+                     "degenerate": degenerate_rate(t)}
+        if name in ("baseline", "steered", "isotropic0"):
+            out[name]["p"] = _probe_p(gemma, probe, prompts, t)
     out["cost"] = steering_cost(gemma, vector, vector.coeff)
     return out
+
+
+def _shifts(runs, kind: str, n: int) -> list[float]:
+    base = runs["baseline"]["judge"].positive_share
+    return [runs[f"{kind}{s}"]["judge"].positive_share - base for s in range(n)]
 
 
 def _summary(vector, runs) -> str:
@@ -82,54 +99,57 @@ def _summary(vector, runs) -> str:
     lines = [f"coeff={vector.coeff:.3f} (calibration: reached={cal['reached']} shift={cal['shift']:.3f} on "
              f"{len(cal['prompts'])} calibration openings) held-out cost: KL={runs['cost'].kl:.3f} "
              f"ppl_ratio={runs['cost'].ppl_ratio:.3f}"]
-    for name in ("baseline", "steered", "control"):
+    for name in ("baseline", "steered", "isotropic0"):
         j = runs[name]["judge"]
-        lines.append(f"{name:>9}: VADER positive {j.positive_share:.3f} negative {j.negative_share:.3f} "
+        lines.append(f"{name:>10}: VADER positive {j.positive_share:.3f} negative {j.negative_share:.3f} "
                      f"degenerate {runs[name]['degenerate']:.3f} | probe P(positive) {runs[name]['p'].mean():.3f}")
-    for name in ("steered", "control"):
-        lines += [f"  [{name}] {p}{t}" for p, t in list(zip(HELD_OUT_OPENINGS, runs[name]["texts"]))[:3]]
+    for kind, n in (("shaped", SHAPED_SEEDS), ("isotropic", ISOTROPIC_SEEDS)):
+        d = _shifts(runs, kind, n)
+        lines.append(f"{kind:>10}: positive-share shift per seed {[round(x, 3) for x in d]}, mean {statistics.mean(d):+.3f}")
+    lines += [f"  [steered] {p}{t}" for p, t in list(zip(HELD_OUT_OPENINGS, runs["steered"]["texts"]))[:3]]
     return "\n".join(lines)
 
 
 def test_default_recipe_moves_the_external_judge_within_the_cost_limits(vector, runs):
     print("\n" + _summary(vector, runs))
     base, steered = runs["baseline"]["judge"], runs["steered"]["judge"]
+    assert vector.info["calibration"]["reached"]
     assert runs["cost"].ppl_ratio <= PPL_LIMIT
     assert runs["steered"]["degenerate"] <= DEGENERATE_LIMIT
     assert steered.negative_share < base.negative_share
-    assert steered.positive_share >= base.positive_share + 0.15  # well above chance (one prompt moves it 1/32)
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 16 acceptance not met on Gemma 3 270M: on the 32 held-out openings the positive share "
-    "goes 0.594 -> 0.812 (+0.219) at the calibrated coefficient 2.83 (perplexity ratio 1.139, KL "
-    "0.119, no degenerate continuation; the calibration reached +0.250 on its 12 openings before the "
-    "perplexity cap); at the cap (coefficient 3.36, ratio 1.21) +0.250 (benchmarks/README.md)"))
-def test_default_recipe_reaches_the_target_shift(runs):
-    base, steered = runs["baseline"]["judge"], runs["steered"]["judge"]
     assert steered.positive_share >= base.positive_share + TARGET
 
 
-def test_random_same_norm_direction_does_not_make_text_positive(vector, runs):
-    base, control = runs["baseline"]["judge"], runs["control"]["judge"]
-    print(f"\nrandom direction at coeff {vector.coeff:.3f}: positive {base.positive_share:.3f} -> "
-          f"{control.positive_share:.3f}, negative {base.negative_share:.3f} -> {control.negative_share:.3f}, "
-          f"degenerate {runs['control']['degenerate']:.3f}")
-    assert control.positive_share <= base.positive_share + CONTROL_LIMIT
+def test_random_directions_shaped_like_the_activations_leave_the_judge(runs):
+    """Same norm per layer, same coefficient, drawn where the sentence activations vary: the mean
+    shift over seeds is within the limit (one seed alone moves by up to 3 of the 32 openings)."""
+    d = _shifts(runs, "shaped", SHAPED_SEEDS)
+    print(f"\nactivation-shaped random directions: shifts {d}")
+    assert abs(statistics.mean(d)) <= CONTROL_LIMIT
+    assert max(d) < TARGET / 2  # no seed comes near the steering effect
+
+
+def test_isotropic_random_directions_do_not_make_text_positive(runs):
+    base = runs["baseline"]["judge"]
+    for s in range(ISOTROPIC_SEEDS):
+        control = runs[f"isotropic{s}"]["judge"]
+        assert control.positive_share <= base.positive_share + CONTROL_LIMIT, s
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "issue 16 acceptance not met on Gemma 3 270M: a same-norm random direction at coefficient 2.83 "
-    "drops the positive share 0.594 -> 0.031: its text degrades into fragments that VADER scores "
-    "neutral (it does not turn positive: the test above)"))
-def test_random_same_norm_direction_does_not_move_the_judge(runs):
-    base, control = runs["baseline"]["judge"], runs["control"]["judge"]
-    assert abs(control.positive_share - base.positive_share) <= CONTROL_LIMIT
+    "issue 16's control bar read with isotropic directions, not met on Gemma 3 270M: at the calibrated "
+    "coefficient 0.21 (all 18 layers) 4 isotropic directions of the same norm per layer lower the positive "
+    "share by 0.125-0.188 (mean -0.164). They cost about 3x the vector's KL (bench_steering.py --recipes: "
+    "0.60 against 0.21 at coefficient 0.25), and scaled down to the vector's KL they still lower it (mean "
+    "-0.074 over 8 seeds): the unsteered continuations of these openings are cheerful, and perturbing them "
+    "makes them plainer (benchmarks/README.md)"))
+def test_isotropic_random_directions_do_not_move_the_judge(runs):
+    assert abs(statistics.mean(_shifts(runs, "isotropic", ISOTROPIC_SEEDS))) <= CONTROL_LIMIT
 
 
 def test_probe_judge_agrees(runs):
     """The probe judge reads the injected direction itself, so it is only an extra check."""
-    base, steered, control = (float(runs[n]["p"].mean()) for n in ("baseline", "steered", "control"))
+    base, steered, control = (float(runs[n]["p"].mean()) for n in ("baseline", "steered", "isotropic0"))
     assert steered >= base + 0.15 and steered >= control + 0.1
 
 

@@ -20,6 +20,7 @@ def test_tour_writes_one_report_and_leaves_the_model_as_it_was(tiny, tmp_path):
     summary = json.loads((tmp_path / "tour" / "tour.json").read_text())
     assert summary["probes"]["n"] == 1744 and summary["probes"]["dataset"] == "truth" and len(summary["probes"]["test_auroc_by_layer"]) == tiny.cfg.n_layers
     assert summary["steer"]["coeff"] > 0 and len(summary["steer"]["generations"]) == 4
+    assert summary["steer"]["layers"] == list(range(tiny.cfg.n_layers))  # the default recipe: every layer
     assert len(summary["editing"]["edits"]) == 2 and summary["editing"]["n_tokens"] == 2_000
     page = path.read_text()
     for section in ("Capture and probes", "Steering", "Editing", summary["steer"]["generations"][0]["prompt"]):
@@ -40,7 +41,7 @@ def test_tour_cli(tiny, tmp_path, monkeypatch):
         out.mkdir(parents=True)
         (out / "tour.json").write_text(json.dumps({
             "probes": {"method": "logistic", "best_layer": 1, "test_auroc": 0.5},
-            "steer": {"coeff": 2.0, "layer": 1},
+            "steer": {"coeff": 2.0, "layers": [0, 1, 2]},
             "editing": {"before": {"neighbourhood": 1.0}, "after": {"efficacy": 1.0, "neighbourhood": 0.9}}}))
         return out / "index.html"
 
@@ -54,6 +55,7 @@ def test_tour_cli(tiny, tmp_path, monkeypatch):
     assert calls.pop("name").endswith(tiny.cfg.model_name)  # the model the command loaded
     assert calls == {"n_facts": 2, "progress": False}
     assert "test AUROC 0.500" in res.output and "neighbourhood 0.90" in res.output and "index.html" in res.output
+    assert "steer: coeff 2 at layers 0–2" in res.output
 
 
 def test_tour_rejects_no_facts(tiny, tmp_path):

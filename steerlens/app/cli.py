@@ -152,14 +152,14 @@ def tour(
     """Every capability end to end (capture, probe sweep, calibrated steering, ROME edits and a
     causal trace) on one model, written as one HTML report."""
     from steerlens.models import load_model
-    from steerlens.app.tour import run_tour
+    from steerlens.app.tour import layer_span, run_tour
 
     m = load_model(model, device=device, dtype=dtype)
     path = run_tour(m, out, n_facts=n_facts, progress=progress)
     summary = json.loads((path.parent / "tour.json").read_text())
     p, e = summary["probes"], summary["editing"]
     typer.echo(f"probes: {p['method']} at layer {p['best_layer']}, test AUROC {p['test_auroc']:.3f}")
-    typer.echo(f"steer: coeff {summary['steer']['coeff']:.3g} at layer {summary['steer']['layer']}")
+    typer.echo(f"steer: coeff {summary['steer']['coeff']:.3g} at {layer_span(summary['steer']['layers'])}")
     typer.echo(f"editing: efficacy {e['after']['efficacy']:.2f}, neighbourhood {e['after']['neighbourhood']:.2f} "
                f"(before {e['before']['neighbourhood']:.2f})")
     typer.echo(f"report: {path}")
@@ -306,7 +306,7 @@ def _floats(spec: str, name: str) -> list[float]:
 def steer_compute(
     out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file."),
     dataset: str = typer.Option("sentiment", "--dataset", "-d", help="A shipped dataset of contrastive pairs."),
-    layers: str = typer.Option("6", help="Comma-separated layer indices (block outputs); 6 is the default recipe on Gemma 3 270M."),
+    layers: str = typer.Option("all", help="'all' (the default recipe: every layer) or comma-separated layer indices (block outputs)."),
     method: str = typer.Option("mean_diff", help="mean_diff or pca."),
     pool: str = typer.Option("mean", help="Pool each sentence's activations: mean or last."),
     calibrate: bool = typer.Option(False, "--calibrate", help="Also calibrate the coefficient (see --target-shift)."),
@@ -328,7 +328,7 @@ def steer_compute(
     v = steer.compute(m, dataset, layers=_layers(layers), method=method, pool=pool, batch_size=batch_size)
     if calibrate and target_shift:
         v = steer.calibrate(m, v, target_shift=target_shift, judge=_judge(judge), ppl_budget=ppl_budget,
-                            max_degenerate=max_degenerate, start=2.0, steps=2)
+                            max_degenerate=max_degenerate, start=1.0, steps=2)
     elif calibrate:
         v = steer.calibrate(m, v, kl_budget=kl_budget)
     v.save(out)

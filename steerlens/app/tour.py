@@ -18,11 +18,20 @@ if TYPE_CHECKING:
 OPENINGS = ("I think this film", "The food at this restaurant", "My week at work", "The new phone I bought")
 
 
+def layer_span(layers: list[int]) -> str:
+    """``[6]`` -> "layer 6", ``[0, 1, ..., 17]`` -> "layers 0–17", ``[2, 4]`` -> "layers 2, 4"."""
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    if list(layers) == list(range(layers[0], layers[-1] + 1)):
+        return f"layers {layers[0]}–{layers[-1]}"
+    return "layers " + ", ".join(map(str, layers))
+
+
 def run_tour(
     model: "TransformerBridge",
     out: str | os.PathLike,
     *,
-    steer_layer: int | None = None,
+    steer_layers: list[int] | None = None,
     edit_layer: int | None = None,
     n_facts: int = 3,
     n_tokens: int = 20_000,
@@ -31,7 +40,8 @@ def run_tour(
 ) -> Path:
     """Capture the shipped ``truthfulness`` statements and their ``negations`` at every layer and
     sweep probes over them (the truth recipe: layer and method chosen by leave-one-family-out AUROC);
-    compute a ``sentiment`` steering vector, calibrate its coefficient to a 0.3 shift of the
+    compute a ``sentiment`` steering vector (at ``steer_layers``, default every layer: the default
+    recipe), calibrate its coefficient to a 0.3 shift of the
     external judge's (VADER) positive share within the cost limits (perplexity ratio <= 1.3, <= 5%
     degenerate continuations) and generate with and without it; trace and edit ``n_facts`` shipped facts, one relation at a
     time (ROME, key statistics from ``n_tokens`` of the shipped datasets' text), evaluated before
@@ -54,7 +64,7 @@ def run_tour(
     if n_facts < 1:
         raise ValueError(f"n_facts must be >= 1, got {n_facts}")
     n_layers = int(model.cfg.n_layers)
-    steer_layer = n_layers // 3 if steer_layer is None else steer_layer
+    steer_layers = list(range(n_layers)) if steer_layers is None else [int(x) for x in steer_layers]
     edit_layer = sites.default_layer(model) if edit_layer is None else sites.check_layer(model, edit_layer)
     seconds: dict[str, float] = {}
     figs: dict[str, list] = {}
@@ -75,18 +85,18 @@ def run_tour(
 
     # 3. steering
     t = time.perf_counter()
-    # the default recipe (benchmarks/README.md): mean_diff of mean-pooled pairs, coefficient calibrated to
+    # the default recipe (benchmarks/README.md): mean_diff of mean-pooled pairs at every layer, coefficient calibrated to
     # raise the external judge's positive share by 0.3 on the calibration openings, within the cost limits
     judge = VaderJudge()
-    v = steer.calibrate(model, steer.compute(model, "sentiment", layers=[steer_layer]), target_shift=0.3,
+    v = steer.calibrate(model, steer.compute(model, "sentiment", layers=steer_layers), target_shift=0.3,
                         judge=judge, prompts=NEUTRAL_OPENINGS, max_new_tokens=new_tokens, ppl_budget=1.3,
-                        max_degenerate=0.05, start=2.0, steps=2, progress=progress)
+                        max_degenerate=0.05, start=1.0, steps=2, progress=progress)
     k = len(OPENINGS)  # one batch: plain rows, then steered rows (one vector per row)
     texts = steer.generate(model, list(OPENINGS) * 2, [None] * k + [v] * k, coeff=[0.0] * k + [v.coeff] * k,
                            max_new_tokens=new_tokens)
     plain, steered = texts[:k], texts[k:]
     cal = v.info["calibration"]
-    summary["steer"] = {"dataset": "sentiment", "layer": steer_layer, "coeff": v.coeff, "judge": judge.name,
+    summary["steer"] = {"dataset": "sentiment", "layers": steer_layers, "coeff": v.coeff, "judge": judge.name,
                         "calibration": cal,
                         "generations": [{"prompt": p, "plain": a, "steered": s, "plain_score": x, "steered_score": y}
                                         for p, a, s, x, y in zip(OPENINGS, plain, steered, judge(plain), judge(steered))]}
@@ -135,7 +145,7 @@ def _page(s: dict, figs: dict[str, list]):
     cal = st.get("calibration") or {}
     base = cal.get("baseline", {})
     page.paragraph(
-        f"Mean difference of the mean-pooled {st['dataset']} pairs at layer {st['layer']}, added at every position "
+        f"Mean difference of the mean-pooled {st['dataset']} pairs at {layer_span(st['layers'])}, added at every position "
         f"with coefficient {st['coeff']:.3g}: the smallest tried that raises the share of continuations the external "
         f"judge ({st['judge']}, a sentiment lexicon that never sees an activation) scores positive by "
         f"{cal.get('target_shift', 0):g} on {len(cal.get('prompts', []))} calibration openings, with perplexity on "
