@@ -3,7 +3,7 @@
 ``--recipes``, the sentiment recipe table instead (effect judged from outside, per cost).
 
     python benchmarks/bench_steering.py [--model gemma-3-270m] [--layer 6] [--new-tokens 32] [--rounds 3] [--overhead-rounds 10]
-    python benchmarks/bench_steering.py --recipes [--new-tokens 16] [--ppl-budget 1.3] [--steps 2] [--only NAMES] [--json benchmarks/out/steering_recipes.json]
+    python benchmarks/bench_steering.py --recipes [--new-tokens 16] [--ppl-budget 1.3] [--steps 2] [--target-shift 0.3] [--only NAMES] [--control-seeds 8] [--json benchmarks/out/steering_recipes.json]
     python benchmarks/bench_steering.py --table benchmarks/out/steering_recipes.json
 
 Recipe table: each recipe's vector (pooling, layer(s), contrastive data, method) gets the largest
@@ -11,7 +11,9 @@ coefficient whose perplexity ratio on neutral text (``steerlens.neutral``) stays
 (``steer.calibrate``, cost mode); the effect is the shift of VADER's positive and negative shares
 (``steer.judges.VaderJudge``) over unsteered on greedy continuations of ``steer.judges.HELD_OUT_OPENINGS``
 (prompts used neither to build nor to calibrate any vector), with the degenerate-repetition rate;
-the best recipe is then repeated with a random direction of the same norm per layer.
+the best recipe is then repeated with random directions of its norm per layer, ``--control-seeds``
+of each kind: isotropic, or shaped like the sentence activations (``SteeringVector.random_like(acts=...)``),
+at the recipe's coefficient (same norm) or at the coefficient giving the recipe's KL (same cost).
 
 Runs are interleaved in ABBA order (unsteered, steered, steered, unsteered, ...) and the median of ``--rounds`` is
 reported (``--overhead-rounds`` for the steered/unsteered ratio: single runs scatter ±5%, so a
@@ -50,7 +52,13 @@ def main() -> None:
     ap.add_argument("--recipes", action="store_true", help="print the sentiment recipe table instead")
     ap.add_argument("--ppl-budget", type=float, default=1.3, help="--recipes: perplexity-ratio budget per recipe")
     ap.add_argument("--steps", type=int, default=2, help="--recipes: bisection steps of each recipe's calibration")
+    ap.add_argument("--target-shift", type=float, default=None,
+                    help="--recipes: calibrate each recipe to this shift of the judge's positive share on the "
+                         "calibration openings (steer.calibrate's behaviour mode, within --ppl-budget and 5%% "
+                         "degenerate) instead of to the largest coefficient within --ppl-budget")
     ap.add_argument("--only", default=None, help="--recipes: comma-separated recipe names to run")
+    ap.add_argument("--control-seeds", type=int, default=8,
+                    help="--recipes: random directions per kind (isotropic, activation-shaped) for the best recipe")
     ap.add_argument("--json", default=None, help="--recipes: also write the table as JSON here (after every recipe)")
     ap.add_argument("--table", default=None, help="print the recipe table of a JSON written by --recipes --json "
                                                   "(also of a run stopped part-way)")
@@ -147,29 +155,38 @@ def recipes(args) -> None:
     cap = lambda t, lab, pool, layers: steerlens.capture(model, t, "resid_post", layers=layers, pool=pool,  # noqa: E731
                                                          labels=lab, batch_size=32, progress=False)
     t0 = time.perf_counter()
-    acts = {"mean": cap(texts, labels, "mean", [2, 3, 4, 5, 6, 8]), "last": cap(texts, labels, "last", [6])}
+    every = list(range(model.cfg.n_layers))
+    acts = {"mean": cap(texts, labels, "mean", every), "last": cap(texts, labels, "last", [6])}
     caa_acts = cap(caa_texts, caa_labels, "last", [6])
     probe6 = probes.LogisticProbe().fit(acts["mean"].at(6), acts["mean"].labels)
+    md = lambda layers: steer.mean_diff(acts["mean"], layers=layers)  # noqa: E731
     table = {  # name -> (what varies, vector)
-        "mean_diff mean L6": ("layer / default", steer.mean_diff(acts["mean"], layers=[6])),
+        "mean_diff mean all": ("layers / default", md(every)),
+        "mean_diff mean L6": ("layer", md([6])),
         "mean_diff CAA-pairs L6": ("contrastive data", steer.mean_diff(caa_acts, layers=[6])),
         "mean_diff last L6": ("pooling", steer.mean_diff(acts["last"], layers=[6])),
-        "mean_diff mean L4": ("layer", steer.mean_diff(acts["mean"], layers=[4])),
-        "mean_diff mean L4+L6": ("one vs several layers", steer.mean_diff(acts["mean"], layers=[4, 6])),
+        "mean_diff mean L4": ("layer", md([4])),
+        "mean_diff mean L4+L6": ("one vs several layers", md([4, 6])),
+        "mean_diff mean L2-8": ("one vs several layers", md(list(range(2, 9)))),
+        "mean_diff mean L2-12": ("one vs several layers", md(list(range(2, 13)))),
         "probe mean L6": ("method", steer.from_probe(probe6, 6, positive=acts["mean"])),
         "pca mean L6": ("method", steer.pca(acts["mean"], layers=[6])),
-        "mean_diff mean L8": ("layer", steer.mean_diff(acts["mean"], layers=[8])),
-        "mean_diff mean L2": ("layer", steer.mean_diff(acts["mean"], layers=[2])),
-        "mean_diff mean L3": ("layer", steer.mean_diff(acts["mean"], layers=[3])),
-        "mean_diff mean L5": ("layer", steer.mean_diff(acts["mean"], layers=[5])),
+        "mean_diff mean L8": ("layer", md([8])),
+        "mean_diff mean L2": ("layer", md([2])),
+        "mean_diff mean L3": ("layer", md([3])),
+        "mean_diff mean L5": ("layer", md([5])),
+        "mean_diff mean L7": ("layer", md([7])),
     }
     if args.only:
         keep = {x.strip() for x in args.only.split(",")}
+        if keep - set(table):
+            raise SystemExit(f"--only: unknown recipes {sorted(keep - set(table))}; known: {sorted(table)}")
         table = {k: v for k, v in table.items() if k in keep}
     print(json.dumps({"capture_s": round(time.perf_counter() - t0, 1)}), file=sys.stderr, flush=True)
     base_texts = steer.generate(model, prompts, None, max_new_tokens=n_new)
     base = judge_texts(judge, base_texts)
     out = {"model": args.model, "new_tokens": n_new, "ppl_budget": args.ppl_budget, "steps": args.steps,
+           "target_shift": args.target_shift,
            "n_prompts": len(prompts),
            "threads": torch.get_num_threads(), "unsteered": {
                "positive_share": base.positive_share, "negative_share": base.negative_share,
@@ -191,45 +208,81 @@ def recipes(args) -> None:
 
     for name, (varies, vec) in table.items():
         t = time.perf_counter()
-        cal = steer.calibrate(model, vec, kl_budget=None, ppl_budget=args.ppl_budget, start=1.0, steps=args.steps)
-        row = {"varies": varies, "coeff": cal.coeff, "kl": cal.info["calibration"]["kl"],
-               "ppl_ratio": cal.info["calibration"]["ppl_ratio"], "norm": vec.norms(), **judged(vec, cal.coeff)}
+        if args.target_shift is None:
+            cal = steer.calibrate(model, vec, kl_budget=None, ppl_budget=args.ppl_budget, start=1.0, steps=args.steps)
+        else:
+            cal = steer.calibrate(model, vec, target_shift=args.target_shift, judge=judge, prompts=NEUTRAL_OPENINGS,
+                                  max_new_tokens=n_new, ppl_budget=args.ppl_budget, max_degenerate=0.05, start=1.0,
+                                  steps=args.steps)
+        info = cal.info["calibration"]
+        row = {"varies": varies, "coeff": cal.coeff, "kl": info["kl"], "ppl_ratio": info["ppl_ratio"],
+               "norm": vec.norms(), **judged(vec, cal.coeff)}
+        if args.target_shift is not None:
+            row["calibration"] = {"reached": info["reached"], "shift": info["shift"], "n_prompts": len(info["prompts"])}
         row["seconds"] = round(time.perf_counter() - t, 1)
         out["recipes"][name] = row
         print(json.dumps({name: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
-                                 if k != "samples"}}), file=sys.stderr, flush=True)
+                                 if k not in ("samples", "norm")}}), file=sys.stderr, flush=True)
         save()
     best = max(out["recipes"], key=lambda k: out["recipes"][k]["d_positive"] - out["recipes"][k]["d_negative"])
     vec, coeff = table[best][1], out["recipes"][best]["coeff"]
     out["best"] = best
-    rand = vec.random_like(seed=0)
-    cost = steering_cost(model, rand, coeff)
-    out["random_control"] = {"recipe": best, "coeff": coeff, "kl": cost.kl, "ppl_ratio": cost.ppl_ratio,
-                             **judged(rand, coeff)}
-    save()
+    # the controls: random directions with the best recipe's norm per layer, isotropic or shaped like
+    # the sentence activations (vector.random_like(seed, acts=...)), at its coefficient (same norm) or
+    # at the coefficient that gives the recipe's KL on the neutral texts (same cost)
+    kl = out["recipes"][best]["kl"]
+    out["random_control"] = {"recipe": best, "coeff": coeff, "kl": kl, "kinds": {}}
+    for kind, shape, same_kl in (("isotropic", None, False), ("activation-shaped", acts["mean"], False),
+                                 ("isotropic, same KL", None, True), ("activation-shaped, same KL", acts["mean"], True)):
+        runs = []
+        for seed in range(args.control_seeds):
+            rand = vec.random_like(seed=seed, acts=shape)
+            c = steer.calibrate(model, rand, kl_budget=kl, start=coeff, steps=4).coeff if same_kl else coeff
+            cost = steering_cost(model, rand, c)
+            runs.append({"seed": seed, "coeff": c, "kl": cost.kl, "ppl_ratio": cost.ppl_ratio, **judged(rand, c)})
+        out["random_control"]["kinds"][kind] = runs
+        print(json.dumps({kind: [round(r["d_positive"], 3) for r in runs]}), file=sys.stderr, flush=True)
+        save()
     print_table(out)
 
 
 def print_table(out: dict) -> None:
     from steer.judges import degenerate_rate
 
-    for r in [out["unsteered"], *out["recipes"].values(), *([out["random_control"]] if "random_control" in out else [])]:
+    controls = [r for runs in out.get("random_control", {}).get("kinds", {}).values() for r in runs]
+    for r in [out["unsteered"], *out["recipes"].values(), *controls]:
         r["degenerate"] = degenerate_rate(r["samples"])  # the current rule, from the saved continuations
     u = out["unsteered"]
     print(f"unsteered: positive share {u['positive_share']:.3f}, negative {u['negative_share']:.3f}, "
           f"degenerate {u['degenerate']:.3f} ({out['n_prompts']} held-out openings, {out['new_tokens']} greedy tokens; "
-          f"each recipe at the largest coefficient with perplexity ratio <= {out['ppl_budget']})")
+          + (f"each recipe at the largest coefficient with perplexity ratio <= {out['ppl_budget']})"
+             if out.get("target_shift") is None else
+             f"each recipe at the smallest coefficient raising the positive share by {out['target_shift']} on the "
+             f"calibration openings, within perplexity ratio {out['ppl_budget']} and 5% degenerate)"))
     print(f"{'recipe':<24} {'varies':<22} {'coeff':>6} {'KL':>6} {'ppl×':>6} {'Δpos':>6} {'Δneg':>6} {'degen':>6}")
     for name, r in out["recipes"].items():
         print(f"{name:<24} {r['varies']:<22} {r['coeff']:>6.2f} {r['kl']:>6.3f} {r['ppl_ratio']:>6.3f} "
-              f"{r['d_positive']:>+6.3f} {r['d_negative']:>+6.3f} {r['degenerate']:>6.3f}")
+              f"{r['d_positive']:>+6.3f} {r['d_negative']:>+6.3f} {r['degenerate']:>6.3f}"
+              + (f"  calibration: reached {c['reached']}, shift {c['shift']:+.3f} on {c['n_prompts']} openings"
+                 if (c := r.get("calibration")) else ""))
     rc = out.get("random_control")
-    if rc:
-        print(f"best: {rc['recipe']}; random same-norm direction at coeff {rc['coeff']:.2f}: Δpos {rc['d_positive']:+.3f}, "
-              f"Δneg {rc['d_negative']:+.3f}, degenerate {rc['degenerate']:.3f}, KL {rc['kl']:.3f}, "
-              f"ppl× {rc['ppl_ratio']:.3f}")
-    else:
-        print("(run stopped before the random control)")
+    if not rc:
+        print("(run stopped before the random controls)")
+        return
+    if not any(rc.get("kinds", {}).values()):
+        print("(no random controls: --control-seeds 0)")
+        return
+    print(f"best: {rc['recipe']}; random directions of its norm per layer, at its coeff {rc['coeff']:.3g} or at "
+          f"its KL {rc.get('kl', float('nan')):.3f} (mean over seeds, [min, max]):")
+    for kind, runs in rc.get("kinds", {}).items():
+        if not runs:
+            continue
+        m = lambda k: statistics.mean(r[k] for r in runs)  # noqa: E731
+        lo, hi = min(r["d_positive"] for r in runs), max(r["d_positive"] for r in runs)
+        print(f"  {kind:<26} {len(runs)} seeds: coeff {m('coeff'):.3g}, Δpos {m('d_positive'):+.3f} [{lo:+.3f}, {hi:+.3f}], "
+              f"Δneg {m('d_negative'):+.3f}, degenerate {m('degenerate'):.3f}, KL {m('kl'):.3f}, "
+              f"ppl× {m('ppl_ratio'):.3f}")
+
 
 if __name__ == "__main__":
     main()
