@@ -469,38 +469,31 @@ def _calibrate_behaviour(model, vector: SteeringVector, *, target_shift: float, 
     over = lambda t: ppl_budget is not None and t["ppl_ratio"] > ppl_budget  # noqa: E731
     # lo: largest tried within the caps that did not reach; hi: smallest that reached; top: smallest over the cap
     lo = hi = top = None
-    c = start
-    while True:
+
+    def place(c: float) -> None:  # one trial, filed under hi, top or lo
+        nonlocal lo, hi, top
         if reached(c):
             hi = c
-            break
-        if over(tried[-1]):  # stronger only costs more (the degenerate rate of a few prompts is too noisy to stop on)
-            top = c
-            break
-        if c >= max_coeff:
-            break
-        lo, c = c, min(c * 2, max_coeff)
-    while top is not None and lo is None and hi is None and c > start / 1024:  # start was over the cap: halve
-        c /= 2
-        if reached(c):
-            hi = c
-        elif over(tried[-1]):
+        elif over(tried[-1]):  # stronger only costs more (the degenerate rate of a few prompts is too noisy to stop on)
             top = c
         else:
             lo = c
+
+    c = start
+    place(c)
+    while hi is None and top is None and c < max_coeff:  # double until reached or over the cap
+        c = min(c * 2, max_coeff)
+        place(c)
+    while top is not None and lo is None and hi is None and c > start / 1024:  # start was over the cap: halve
+        c /= 2
+        place(c)
     for _ in range(steps):  # bisect in log space: towards the target if reached, else towards the cap
         if hi is not None:
-            mid = math.sqrt((lo if lo is not None else hi / 2) * hi)
+            place(math.sqrt((lo if lo is not None else hi / 2) * hi))
         elif top is not None and lo is not None:
-            mid = math.sqrt(lo * top)
+            place(math.sqrt(lo * top))
         else:
             break
-        if reached(mid):
-            hi = mid
-        elif over(tried[-1]):
-            top = mid
-        else:
-            lo = mid
     bar.close()
     ok = [t for t in tried if t["ok"]]
     if ok:
