@@ -167,6 +167,7 @@ def recipes(args) -> None:
         "mean_diff last L6": ("pooling", steer.mean_diff(acts["last"], layers=[6])),
         "mean_diff mean L4": ("layer", md([4])),
         "mean_diff mean L4+L6": ("one vs several layers", md([4, 6])),
+        "mean_diff mean L1-17": ("one vs several layers", md(every[1:])),
         "mean_diff mean L2-8": ("one vs several layers", md(list(range(2, 9)))),
         "mean_diff mean L2-12": ("one vs several layers", md(list(range(2, 13)))),
         "probe mean L6": ("method", steer.from_probe(probe6, 6, positive=acts["mean"])),

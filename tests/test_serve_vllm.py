@@ -40,9 +40,19 @@ def vector(gemma):
     return steer.mean_diff(acts, layers=[LAYER])
 
 
-def app_with_vectors(gemma, vector, *, inprocess: bool = False, **vllm_options):
-    """An app and engine with the "positive" and "negative" vectors registered: the vLLM engine
-    (float32, 512 tokens, plus ``vllm_options``), or the in-process one."""
+@pytest.fixture(scope="module")
+def every(gemma):
+    """The default recipe's shape: the mean difference at every layer (of 40 pairs here)."""
+    pairs = steerlens.data.load("sentiment")[:40]
+    acts = steerlens.capture(gemma, [p.positive for p in pairs] + [p.negative for p in pairs], "resid_post",
+                             pool="mean", labels=[1] * 40 + [0] * 40, batch_size=40, progress=False)
+    return steer.mean_diff(acts)
+
+
+def app_with_vectors(gemma, vector, *, inprocess: bool = False, every=None, **vllm_options):
+    """An app and engine with the "positive" and "negative" vectors registered (and "every", a
+    vector at every layer, when given): the vLLM engine (float32, 512 tokens, plus
+    ``vllm_options``), or the in-process one."""
     from steerlens.models import resolve_checkpoint
 
     if inprocess:
@@ -52,6 +62,8 @@ def app_with_vectors(gemma, vector, *, inprocess: bool = False, **vllm_options):
                          vllm_options={"dtype": "float32", "max_model_len": 512, **vllm_options})
     app.state.registry.add_vector("positive", vector)
     app.state.registry.add_vector("negative", -vector)
+    if every is not None:
+        app.state.registry.add_vector("every", every)
     return app, eng
 
 
@@ -60,8 +72,9 @@ def client(server: Server) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def servers(gemma, vector):
-    with Server(*app_with_vectors(gemma, vector)) as sv, Server(*app_with_vectors(gemma, vector, inprocess=True)) as si:
+def servers(gemma, vector, every):
+    with Server(*app_with_vectors(gemma, vector, every=every)) as sv, \
+            Server(*app_with_vectors(gemma, vector, inprocess=True, every=every)) as si:
         yield {"vllm": client(sv), "inprocess": client(si)}
 
 
@@ -76,6 +89,8 @@ CASES = [
     {"steering": [{"vector": "negative", "coeff": 4.0, "positions": "generated"}]},
     {"steering": [{"vector": "positive", "coeff": 4.0, "positions": "prompt"}]},
     {"steering": [{"vector": "positive", "op": "ablate"}]},
+    {"steering": [{"vector": "every", "coeff": 0.25}]},  # the default recipe's shape: all 18 layers
+    {"steering": [{"vector": "every", "coeff": 0.2, "positions": "generated"}, {"vector": "negative", "coeff": 3.0}]},
 ]
 
 
@@ -142,14 +157,14 @@ def started(server: Server, **env: str):
 
 
 @pytest.fixture(scope="module")
-def tp_client(gemma, vector):
+def tp_client(gemma, vector, every):
     """The vLLM engine with the model sharded over two workers (tensor parallel). On the CPU
     each worker needs its own core group: vLLM splits the cores when told to simulate NUMA nodes."""
     import torch
 
     if torch.cuda.is_available() and torch.cuda.device_count() < 2:
         pytest.skip("tensor parallel needs two GPUs here (or the CPU)")
-    app, eng = app_with_vectors(gemma, vector, tensor_parallel_size=2)
+    app, eng = app_with_vectors(gemma, vector, every=every, tensor_parallel_size=2)
     with started(Server(app, eng), VLLM_CPU_SIM_MULTI_NUMA="1") as sv:
         assert eng.workers == 2  # both ranks run steerlens' hooks
         yield client(sv)
@@ -166,7 +181,7 @@ def test_vllm_tensor_parallel_equals_in_process_engine(servers, tp_client):
 
 
 @pytest.fixture(scope="module")
-def two_node_client(gemma, vector, tmp_path_factory):
+def two_node_client(gemma, vector, every, tmp_path_factory):
     """Two nodes on loopback: node 1 is ``python -m steer.serve.vllm_node`` (vLLM's headless
     workers with steerlens' extension), node 0 the vLLM engine, tensor parallel over both (vLLM's
     multiprocess executor over TCP, as across machines). On the CPU each node gets its own core."""
@@ -188,7 +203,7 @@ def two_node_client(gemma, vector, tmp_path_factory):
          "--kv-cache-memory-bytes", str(1 << 30)],
         env=dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=str(cores[1])), stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
-        app, eng = app_with_vectors(gemma, vector, tensor_parallel_size=2, nnodes=2, node_rank=0,
+        app, eng = app_with_vectors(gemma, vector, every=every, tensor_parallel_size=2, nnodes=2, node_rank=0,
                                     master_addr="127.0.0.1")
         with started(Server(app, eng), VLLM_CPU_OMP_THREADS_BIND=str(cores[0])) as sv:
             assert eng.workers == 2, log.read_text()[-3000:]  # the remote node's worker runs the hooks too

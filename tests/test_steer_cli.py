@@ -6,6 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import steer
 from steer.vector import SteeringVector
 from steerlens.app.cli import app
 from steerlens.models import cache_dir
@@ -80,6 +81,14 @@ def test_steer_cli_errors(model_dir, tmp_path):
     SteeringVector({0: torch.ones(64)}).save(v0)
     bad = run("steer", "export-gguf", v0, tmp_path / "v0.gguf")
     assert bad.exit_code == 2 and bad.stderr.startswith("error: ") and "block 0" in bad.stderr
+    assert "--drop-layer-0" in bad.stderr and not (tmp_path / "v0.gguf").exists()
+    only0 = run("steer", "export-gguf", v0, tmp_path / "v0.gguf", "--drop-layer-0")
+    assert only0.exit_code == 2 and "nothing is left" in only0.stderr
+    v01 = tmp_path / "v01.safetensors"
+    SteeringVector({0: torch.ones(64), 1: 2 * torch.ones(64)}).save(v01)
+    dropped = payload(run("steer", "export-gguf", v01, tmp_path / "v01.gguf", "--drop-layer-0"))
+    back = steer.import_gguf(tmp_path / "v01.gguf")
+    assert dropped["layers"] == [1] and back.layers == [1] and torch.equal(back[1], 2 * torch.ones(64))
     missing = run("steer", "generate", "hi", "--vector", tmp_path / "nope.safetensors", "--model", model_dir)
     assert missing.exit_code == 2 and missing.stderr.startswith("error: no vector file")
     badpos = run("steer", "generate", "hi", "--vector", v0, "--positions", "middle", "--model", model_dir)

@@ -490,6 +490,7 @@ def steer_export_gguf(
     out: Path = typer.Argument(..., help="Output .gguf (run: llama-completion ... --control-vector-scaled OUT:COEFF)."),
     model_hint: Optional[str] = typer.Option(None, help="controlvector.model_hint (default: the model type)."),
     n_layers: Optional[int] = typer.Option(None, help="Block count of the model llama.cpp will run (Gemma 3 270M: 18): warn about layers it would ignore."),
+    drop_layer_0: bool = typer.Option(False, "--drop-layer-0", help="Export without block 0, which llama.cpp cannot steer (the default recipe steers every layer, block 0 included)."),
 ) -> None:
     """Export a vector as a llama.cpp control vector: direction.N is added to the output of block N
     (N >= 1; llama.cpp skips a file holding direction.0), scaled by --control-vector-scaled OUT:COEFF."""
@@ -500,10 +501,15 @@ def steer_export_gguf(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         v = _steer_vector(vector)
+        if drop_layer_0 and 0 in v.layers:
+            if v.layers == [0]:
+                raise typer.BadParameter(f"{vector} steers block 0 only: nothing is left to export without it")
+            v = v.select([layer for layer in v.layers if layer != 0])
         try:
             export_gguf(v, out, model_hint=model_hint, n_layers=n_layers)
         except ValueError as e:
-            raise typer.BadParameter(str(e)) from None
+            hint = " (on the command line: --drop-layer-0)" if 0 in v.layers else ""
+            raise typer.BadParameter(f"{e}{hint}") from None
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
     typer.echo(json.dumps({"out": str(out), "layers": v.layers, "coeff": v.coeff}, indent=1))
