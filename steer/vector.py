@@ -142,18 +142,16 @@ class SteeringVector:
         its layers, one row per text), shaped like the data instead: ``r = X̃ᵀz``, ``z ~ N(0, Iₙ)``,
         for the centred activations ``X̃`` [n, d], i.e. ``r ~ N(0, n·Σ)`` within the span where
         activations vary (an isotropic direction mostly points where they never go)."""
+        from steer.computing import _tensor  # the lookup the vector was computed with (computing imports this module)
+
         g = torch.Generator().manual_seed(1_000_003 * seed + 20_231_215)  # salted: not torch's seed-0 stream
         out = {}
         for layer, v in self.directions.items():
             if acts is None:
                 r = torch.randn(v.numel(), generator=g)
             else:
-                try:
-                    x = acts.at(layer, hook_kind(self.hook)).float()
-                except KeyError:
-                    raise ValueError(f"random_like: acts hold no {self.hook!r} activations at layer {layer}; "
-                                     f"captured: {acts.hooks}") from None
-                if x.ndim != 2 or x.shape[1] != v.numel() or x.shape[0] < 2:
+                x = _tensor(acts, layer, hook_kind(self.hook))
+                if x.shape[1] != v.numel() or x.shape[0] < 2:
                     raise ValueError(f"random_like: acts at layer {layer} must be [n >= 2, {v.numel()}] (one pooled "
                                      f"row per text), got {list(x.shape)}")
                 r = (x - x.mean(0)).T @ torch.randn(x.shape[0], generator=g)
